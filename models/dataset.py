@@ -1,0 +1,109 @@
+"""The in-memory form of a data set, shared by every model and loader.
+
+A ``Dataset`` holds index-encoded interactions plus the catalogue. Loaders
+build it; splits take row subsets of it (``Dataset.subset``); models are
+fitted from it. Readers and books are addressed by their row index
+(``user_ids[u]``, ``catalogue.item_ids[i]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import scipy.sparse as sp
+
+from bookverse.models.ids import IdScheme
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Book (or film) metadata, one row per item index.
+
+    ``years`` is 0 where unknown; ``authors`` and ``publishers`` are empty
+    strings where the data set has none; ``genres`` is a tuple per item (empty
+    where the data set has none). ``descriptions`` is optional free text.
+    """
+
+    item_ids: np.ndarray  # (n_items,) str
+    titles: list[str]
+    authors: list[str]
+    years: np.ndarray  # (n_items,) int32
+    publishers: list[str]
+    genres: list[tuple[str, ...]]
+    descriptions: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def text(self, item: int) -> str:
+        """All free text known about an item, for content models."""
+        parts = [self.titles[item], self.authors[item], self.publishers[item]]
+        parts.extend(self.genres[item])
+        if self.descriptions is not None:
+            parts.append(self.descriptions[item])
+        return " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Interactions (one row each) over ``user_ids`` x ``catalogue``.
+
+    Attributes
+    ----------
+    users, items : (n_interactions,) int32 row indices.
+    ratings : (n_interactions,) float32; 0 means an implicit interaction.
+    timestamps : (n_interactions,) int64 Unix seconds; 0 where unknown.
+    rating_scale : (low, high) of explicit ratings.
+    """
+
+    name: str
+    user_ids: np.ndarray  # (n_users,) str
+    catalogue: Catalogue
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray
+    rating_scale: tuple[float, float]
+    id_scheme: IdScheme
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.catalogue)
+
+    @property
+    def n_interactions(self) -> int:
+        return len(self.users)
+
+    @property
+    def has_timestamps(self) -> bool:
+        return bool(self.n_interactions) and bool(np.all(self.timestamps > 0))
+
+    def subset(self, mask: np.ndarray) -> Dataset:
+        """The same readers and catalogue with only the interactions in ``mask``."""
+        return replace(
+            self,
+            users=self.users[mask],
+            items=self.items[mask],
+            ratings=self.ratings[mask],
+            timestamps=self.timestamps[mask],
+        )
+
+    def user_items(self) -> sp.csr_matrix:
+        """Binary reader x item matrix, (n_users, n_items) float32 CSR.
+
+        Every interaction counts once, explicit rating or implicit event alike;
+        repeated pairs are folded into one.
+        """
+        matrix = sp.csr_matrix(
+            (np.ones(self.n_interactions, dtype=np.float32), (self.users, self.items)),
+            shape=(self.n_users, self.n_items),
+        )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
