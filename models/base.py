@@ -52,7 +52,9 @@ class Model(Protocol):
         """Learn from ``dataset``; returns self."""
         ...
 
-    def score(self, profile: UserProfile, items: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self, profile: UserProfile, items: np.ndarray | None = None
+    ) -> np.ndarray:
         """Scores of ``items`` (int64 indices; ``None`` = whole catalogue) for
         one reader, float32 of the same length, finite; higher is better."""
         ...

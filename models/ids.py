@@ -6,8 +6,9 @@ key, whatever its spelling.
 
 Books (``scheme="isbn"``): an ISBN is reduced to its digits and check
 character, and ISBN-10s are rewritten as their ISBN-13 (``978`` prefix, check
-digit recomputed); an ISBN-13 keeps its digits. So ``0-345-33968-1``, ``034533968x``, ``0345339681`` and
-``9780345339683`` are one book: ``9780345339683``. A string that is not
+digit recomputed); an ISBN-13 keeps its digits. So ``0-345-33968-1``,
+``034533968x``, ``0345339681`` and ``9780345339683`` are one book:
+``9780345339683``. A string that is not
 ISBN-shaped (not 10 or 13 digits, an ``X`` allowed only as the last of ten)
 keeps its upper-cased letters and digits, so odd catalogue ids stay distinct
 rather than being guessed at.
