@@ -1,0 +1,246 @@
+"""EASE, BPR, user neighbours, explicit MF and neural CF on a small data set."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from bookverse.models.base import UserProfile
+from bookverse.models.dataset import Catalogue, Dataset
+from bookverse.models.ease import EASE, OUTSIDE_SCORE
+
+N_USERS, N_ITEMS = 60, 40
+
+
+def _dataset(seed: int = 0) -> Dataset:
+    """Two taste groups of readers over two halves of the catalogue, with
+    explicit ratings on two thirds of the interactions and implicit 0 else."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for user in range(N_USERS):
+        group = user % 2
+        pool = np.arange(N_ITEMS // 2) + group * (N_ITEMS // 2)
+        taken = rng.choice(pool, size=rng.integers(4, 12), replace=False)
+        stray = rng.choice(N_ITEMS, size=1)
+        for item in np.union1d(taken, stray):
+            users.append(user)
+            items.append(item)
+    n = len(users)
+    ratings = rng.integers(1, 11, size=n).astype(np.float32)
+    ratings[rng.random(n) < 1 / 3] = 0.0
+    catalogue = Catalogue(
+        item_ids=np.array([f"b{i}" for i in range(N_ITEMS)]),
+        titles=[f"Book {i}" for i in range(N_ITEMS)],
+        authors=[f"Author {i % 7}" for i in range(N_ITEMS)],
+        years=np.full(N_ITEMS, 2000, dtype=np.int32),
+        publishers=["" for _ in range(N_ITEMS)],
+        genres=[() for _ in range(N_ITEMS)],
+    )
+    return Dataset(
+        name="synthetic",
+        user_ids=np.array([f"u{u}" for u in range(N_USERS)]),
+        catalogue=catalogue,
+        users=np.array(users, dtype=np.int32),
+        items=np.array(items, dtype=np.int32),
+        ratings=ratings,
+        timestamps=np.zeros(n, dtype=np.int64),
+        rating_scale=(1.0, 10.0),
+        id_scheme="plain",
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    return _dataset()
+
+
+def _profile(dataset: Dataset, user: int, known: bool = True) -> UserProfile:
+    row = dataset.user_items()[user]
+    items = row.indices.astype(np.int64)
+    return UserProfile(user if known else None, items, np.ones(len(items), np.float32))
+
+
+def _factories() -> dict[str, Any]:
+    return {
+        "ease": lambda: EASE(regularization=10.0),
+        "ease_capped": lambda: EASE(regularization=10.0, max_items=25),
+    }
+
+
+MODELS = sorted(_factories())
+
+
+@pytest.fixture(scope="module")
+def fitted(dataset: Dataset) -> dict[str, Any]:
+    return {name: factory().fit(dataset) for name, factory in _factories().items()}
+
+
+# --- the shared contract ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_scores_have_catalogue_shape_and_are_finite(name, fitted, dataset):
+    model = fitted[name]
+    for known in (True, False):
+        scores = model.score(_profile(dataset, 3, known))
+        assert scores.shape == (N_ITEMS,)
+        assert scores.dtype == np.float32
+        assert np.all(np.isfinite(scores))
+    assert np.all(np.isfinite(model.score(UserProfile.empty())))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_item_subset_matches_whole_catalogue(name, fitted, dataset):
+    model = fitted[name]
+    profile = _profile(dataset, 5, known=False)
+    subset = np.array([7, 0, 39, 7, 12], dtype=np.int64)
+    np.testing.assert_allclose(
+        model.score(profile, subset), model.score(profile)[subset], rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_score_users_matches_score(name, fitted, dataset):
+    model = fitted[name]
+    users = np.array([0, 1, 17, 42])
+    batch = model.score_users(dataset.user_items(), users)
+    assert batch.shape == (len(users), N_ITEMS)
+    assert batch.dtype == np.float32
+    for row, user in zip(batch, users, strict=True):
+        expected = model.score(_profile(dataset, int(user)))
+        np.testing.assert_allclose(row, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_load_round_trip(name, fitted, dataset, tmp_path: Path):
+    model = fitted[name]
+    files = model.save(tmp_path)
+    assert sorted(files) == sorted(p.name for p in tmp_path.iterdir())
+    for file in files:
+        if file.endswith(".npz"):
+            with np.load(tmp_path / file, allow_pickle=False) as archive:
+                for key in archive.files:
+                    assert archive[key].dtype != object
+        else:
+            assert not zipfile.is_zipfile(tmp_path / file)
+            assert np.load(tmp_path / file, allow_pickle=False).dtype != object
+
+    loaded = type(model).load(tmp_path, model.params())
+    for known in (True, False):
+        profile = _profile(dataset, 9, known)
+        np.testing.assert_array_equal(loaded.score(profile), model.score(profile))
+    users = np.arange(N_USERS)
+    np.testing.assert_array_equal(
+        loaded.score_users(dataset.user_items(), users),
+        model.score_users(dataset.user_items(), users),
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_ranks_own_group_first(name, fitted, dataset):
+    model = fitted[name]
+    hits = []
+    for user in range(N_USERS):
+        profile = _profile(dataset, user, known=False)
+        scores = model.score(profile)
+        scores[profile.items] = -np.inf
+        best = np.argsort(-scores)[:5]
+        group = user % 2
+        hits.append(np.mean(best // (N_ITEMS // 2) == group))
+    assert np.mean(hits) > 0.7
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_profile_item_is_rejected(name, fitted):
+    profile = UserProfile(None, np.array([N_ITEMS]), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match=r"profile\.items"):
+        fitted[name].score(profile)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_unfitted_model_raises(name):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        _factories()[name]().score(UserProfile.empty())
+
+
+# --- EASE -------------------------------------------------------------------
+
+
+def test_ease_matches_closed_form_by_hand():
+    # X^T X = [[2, 1], [1, 1]]; lambda 1 -> P = [[2, -1], [-1, 3]] / 5
+    # B_01 = -P_01 / P_11 = 1/3, B_10 = -P_10 / P_00 = 1/2
+    users = np.array([0, 0, 1], dtype=np.int32)
+    items = np.array([0, 1, 0], dtype=np.int32)
+    small = _dataset()
+    small = Dataset(
+        name="tiny",
+        user_ids=np.array(["a", "b"]),
+        catalogue=Catalogue(
+            item_ids=small.catalogue.item_ids[:2],
+            titles=small.catalogue.titles[:2],
+            authors=small.catalogue.authors[:2],
+            years=small.catalogue.years[:2],
+            publishers=small.catalogue.publishers[:2],
+            genres=small.catalogue.genres[:2],
+        ),
+        users=users,
+        items=items,
+        ratings=np.zeros(3, np.float32),
+        timestamps=np.zeros(3, np.int64),
+        rating_scale=small.rating_scale,
+        id_scheme=small.id_scheme,
+    )
+    model = EASE(regularization=1.0).fit(small)
+    np.testing.assert_allclose(model.weights_, [[0.0, 1 / 3], [1 / 2, 0.0]], atol=1e-6)
+    profile = UserProfile(None, np.array([0]), np.array([2.0], np.float32))
+    np.testing.assert_allclose(model.score(profile), [0.0, 2 / 3], atol=1e-6)
+
+
+def test_ease_matches_numpy_formula(dataset):
+    x = dataset.user_items().toarray().astype(np.float64)
+    lam = 10.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(N_ITEMS))
+    b = np.eye(N_ITEMS) - p / np.diag(p)
+    model = EASE(regularization=lam).fit(dataset)
+    np.testing.assert_allclose(model.weights_, b, atol=1e-5)
+    np.testing.assert_allclose(
+        model.score_users(dataset.user_items(), np.arange(N_USERS)), x @ b, atol=1e-4
+    )
+
+
+def test_ease_cap_keeps_most_read_and_floors_the_rest(fitted, dataset):
+    model = fitted["ease_capped"]
+    counts = np.asarray(dataset.user_items().sum(axis=0)).ravel()
+    kept = np.flatnonzero(model.item_rows_ >= 0)
+    assert len(kept) == 25
+    assert counts[kept].min() >= counts[model.item_rows_ < 0].max()
+    scores = model.score(_profile(dataset, 2))
+    assert np.all(scores[model.item_rows_ < 0] == OUTSIDE_SCORE)
+    assert np.all(scores[kept] > OUTSIDE_SCORE)
+
+
+def test_ease_rejects_bad_params(dataset):
+    with pytest.raises(ValueError, match=r"regularization must be > 0, got 0"):
+        EASE(regularization=0).fit(dataset)
+    with pytest.raises(ValueError, match=r"max_items must be >= 1, got 0"):
+        EASE(max_items=0).fit(dataset)
+
+
+def test_ease_load_rejects_inconsistent_rows(fitted, tmp_path: Path):
+    model = fitted["ease_capped"]
+    model.save(tmp_path)
+    rows = np.load(tmp_path / "ease.item_rows.npy")
+    rows[rows == 0] = 1
+    np.save(tmp_path / "ease.item_rows.npy", rows)
+    with pytest.raises(ValueError, match=r"ease\.item_rows\.npy"):
+        EASE.load(tmp_path, model.params())
+
+
+def test_score_users_accepts_sparse_input(fitted, dataset):
+    csr = sp.csr_matrix(dataset.user_items())
+    assert fitted["ease"].score_users(csr, np.array([0])).shape == (1, N_ITEMS)
