@@ -33,7 +33,7 @@ from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
 
-OUTSIDE_SCORE = np.float32(-1.0e3)
+OUTSIDE_SCORE = -1000.0
 """Score of a book outside the kept set: finite, and far below EASE scores."""
 
 _WEIGHTS_FILE = "ease.weights.npy"
