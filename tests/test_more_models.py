@@ -11,6 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from bookverse.models.base import UserProfile
+from bookverse.models.bpr import BPR
 from bookverse.models.dataset import Catalogue, Dataset
 from bookverse.models.ease import EASE, OUTSIDE_SCORE
 
@@ -69,6 +70,7 @@ def _factories() -> dict[str, Any]:
     return {
         "ease": lambda: EASE(regularization=10.0),
         "ease_capped": lambda: EASE(regularization=10.0, max_items=25),
+        "bpr": lambda: BPR(factors=8, learning_rate=0.05, iterations=60, num_threads=1),
     }
 
 
@@ -244,3 +246,34 @@ def test_ease_load_rejects_inconsistent_rows(fitted, tmp_path: Path):
 def test_score_users_accepts_sparse_input(fitted, dataset):
     csr = sp.csr_matrix(dataset.user_items())
     assert fitted["ease"].score_users(csr, np.array([0])).shape == (1, N_ITEMS)
+
+
+# --- BPR --------------------------------------------------------------------
+
+
+def test_bpr_keeps_the_bias_column(fitted, dataset):
+    model = fitted["bpr"]
+    assert model.user_factors.shape == (N_USERS, 9)
+    assert model.item_factors.shape == (N_ITEMS, 9)
+    np.testing.assert_array_equal(model.user_factors[:, -1], 1.0)
+    # an empty history scores by item bias alone
+    np.testing.assert_allclose(
+        model.score(UserProfile.empty()), model.item_factors[:, -1], rtol=1e-6
+    )
+
+
+def test_bpr_fold_in_is_weighted_mean_of_item_factors(fitted):
+    model = fitted["bpr"]
+    items = np.array([1, 4, 4])
+    weights = np.array([1.0, 2.0, 1.0], np.float32)
+    vector = model.fold_in(items, weights)
+    q = model.item_factors
+    np.testing.assert_allclose(vector[:-1], (q[1, :-1] + 3 * q[4, :-1]) / 4, rtol=1e-5)
+    assert vector[-1] == 1.0
+
+
+def test_bpr_is_reproducible_with_one_thread(fitted, dataset):
+    again = BPR(factors=8, learning_rate=0.05, iterations=60, num_threads=1)
+    np.testing.assert_array_equal(
+        again.fit(dataset).item_factors, fitted["bpr"].item_factors
+    )
