@@ -12,10 +12,11 @@ score is their (weighted) history row times ``B``: no per-reader state, so a
 reader unknown to training is scored exactly like a known one.
 
 ``B`` is dense, so the model keeps only the ``max_items`` most-read books
-(ties to the lower index). A book outside that set gets the finite score
-``OUTSIDE_SCORE`` (-1000), far below the scores of kept books (which stay
-within a few units for histories of weight 1 each), and contributes nothing
-when it appears in a history.
+(ties to the lower index). A book outside that set contributes nothing when it
+appears in a history, and scores level with the reader's lowest-scored kept
+book: at the bottom of the ranking, yet finite and within the range of the
+reader's scores, so that a per-list min-max normalisation (``hybrid``) does
+not squash the kept books together.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ from bookverse.models.base import UserProfile, load_array, top_k
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
-
-OUTSIDE_SCORE = -1000.0
-"""Score of a book outside the kept set: finite, and far below EASE scores."""
 
 _WEIGHTS_FILE = "ease.weights.npy"
 _ROWS_FILE = "ease.item_rows.npy"
@@ -151,7 +149,7 @@ class EASE:
     def score(
         self, profile: UserProfile, items: np.ndarray | None = None
     ) -> np.ndarray:
-        """History row times ``B``; ``OUTSIDE_SCORE`` for books not kept.
+        """History row times ``B``; books not kept score the row's kept minimum.
 
         Returns
         -------
@@ -164,26 +162,32 @@ class EASE:
         """
         weights, item_rows = self._fitted()
         row = self.history_row(profile)
-        rows = item_rows if items is None else item_rows[np.asarray(items, np.int64)]
-        scores = np.full(len(rows), OUTSIDE_SCORE, dtype=np.float32)
-        kept = rows >= 0
+
+        # h @ B needs only the history's rows of B; the floor needs the full row
         history = np.flatnonzero(row)
-        if len(history):
-            # only the history's rows of B matter: h @ B = h[hist] @ B[hist]
-            block = np.asarray(weights[history][:, rows[kept]])
-            scores[kept] = row[history] @ block
-        else:
-            scores[kept] = 0.0
-        return np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=OUTSIDE_SCORE)
+        kept_scores = row[history] @ np.asarray(weights[history])
+        kept_scores = np.nan_to_num(kept_scores, nan=0.0, posinf=0.0, neginf=0.0)
+        floor = kept_scores.min() if len(kept_scores) else 0.0
+
+        rows = item_rows if items is None else item_rows[np.asarray(items, np.int64)]
+        scores = np.full(len(rows), floor, dtype=np.float32)
+        scores[rows >= 0] = kept_scores[rows[rows >= 0]]
+        return scores
 
     def score_users(self, user_items: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
-        """Training rows of ``user_items`` times ``B``: (len(users), n_items)."""
+        """Training rows of ``user_items`` times ``B``: (len(users), n_items).
+
+        Books not kept score each row's kept minimum, as in ``score``.
+        """
         weights, item_rows = self._fitted()
         kept = np.flatnonzero(item_rows >= 0)
         x = sp.csr_matrix(user_items[users][:, kept], dtype=np.float32)
-        scores = np.full((len(users), len(item_rows)), OUTSIDE_SCORE, np.float32)
-        scores[:, kept] = np.asarray(x @ np.asarray(weights), dtype=np.float32)
-        return np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=OUTSIDE_SCORE)
+        kept_scores = np.asarray(x @ np.asarray(weights), dtype=np.float32)
+        kept_scores = np.nan_to_num(kept_scores, nan=0.0, posinf=0.0, neginf=0.0)
+        floor = kept_scores.min(axis=1, keepdims=True, initial=np.inf)
+        scores = np.repeat(np.where(np.isfinite(floor), floor, 0.0), len(item_rows), 1)
+        scores[:, kept] = kept_scores
+        return scores.astype(np.float32)
 
     def params(self) -> dict[str, Any]:
         return {"regularization": self.regularization, "max_items": self.max_items}
