@@ -14,6 +14,7 @@ from bookverse.models.base import UserProfile
 from bookverse.models.bpr import BPR
 from bookverse.models.dataset import Catalogue, Dataset
 from bookverse.models.ease import EASE
+from bookverse.models.user_knn import UserKNN
 
 N_USERS, N_ITEMS = 60, 40
 
@@ -32,7 +33,10 @@ def _dataset(seed: int = 0) -> Dataset:
             users.append(user)
             items.append(item)
     n = len(users)
-    ratings = rng.integers(1, 11, size=n).astype(np.float32)
+    # readers like their group's books (6-10) and dislike strays (1-4)
+    own = np.array(items) // (N_ITEMS // 2) == np.array(users) % 2
+    ratings = np.where(own, rng.integers(6, 11, n), rng.integers(1, 5, n))
+    ratings = ratings.astype(np.float32)
     ratings[rng.random(n) < 1 / 3] = 0.0
     catalogue = Catalogue(
         item_ids=np.array([f"b{i}" for i in range(N_ITEMS)]),
@@ -60,21 +64,33 @@ def dataset() -> Dataset:
     return _dataset()
 
 
-def _profile(dataset: Dataset, user: int, known: bool = True) -> UserProfile:
+def _profile(
+    dataset: Dataset, user: int, known: bool = True, rated: bool = False
+) -> UserProfile:
+    """A reader's training history; weights 1, or the ratings (0 = implicit)."""
     row = dataset.user_items()[user]
     items = row.indices.astype(np.int64)
-    return UserProfile(user if known else None, items, np.ones(len(items), np.float32))
+    weights = np.ones(len(items), np.float32)
+    if rated:
+        mine = dataset.users == user
+        for j, item in enumerate(items):
+            weights[j] = dataset.ratings[mine & (dataset.items == item)].max()
+    return UserProfile(user if known else None, items, weights)
 
 
 def _factories() -> dict[str, Any]:
     return {
         "ease": lambda: EASE(regularization=10.0),
         "ease_capped": lambda: EASE(regularization=10.0, max_items=25),
+        "user_knn": lambda: UserKNN(k=10),
+        "user_knn_pearson": lambda: UserKNN(k=10, similarity="pearson"),
         "bpr": lambda: BPR(factors=8, learning_rate=0.05, iterations=60, num_threads=1),
     }
 
 
 MODELS = sorted(_factories())
+RATED = {"user_knn_pearson"}
+"""Models that read ``UserProfile.weights`` as ratings."""
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +105,7 @@ def fitted(dataset: Dataset) -> dict[str, Any]:
 def test_scores_have_catalogue_shape_and_are_finite(name, fitted, dataset):
     model = fitted[name]
     for known in (True, False):
-        scores = model.score(_profile(dataset, 3, known))
+        scores = model.score(_profile(dataset, 3, known, name in RATED))
         assert scores.shape == (N_ITEMS,)
         assert scores.dtype == np.float32
         assert np.all(np.isfinite(scores))
@@ -99,7 +115,7 @@ def test_scores_have_catalogue_shape_and_are_finite(name, fitted, dataset):
 @pytest.mark.parametrize("name", MODELS)
 def test_item_subset_matches_whole_catalogue(name, fitted, dataset):
     model = fitted[name]
-    profile = _profile(dataset, 5, known=False)
+    profile = _profile(dataset, 5, False, name in RATED)
     subset = np.array([7, 0, 39, 7, 12], dtype=np.int64)
     np.testing.assert_allclose(
         model.score(profile, subset), model.score(profile)[subset], rtol=1e-5
@@ -114,7 +130,7 @@ def test_score_users_matches_score(name, fitted, dataset):
     assert batch.shape == (len(users), N_ITEMS)
     assert batch.dtype == np.float32
     for row, user in zip(batch, users, strict=True):
-        expected = model.score(_profile(dataset, int(user)))
+        expected = model.score(_profile(dataset, int(user), True, name in RATED))
         np.testing.assert_allclose(row, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -134,7 +150,7 @@ def test_save_load_round_trip(name, fitted, dataset, tmp_path: Path):
 
     loaded = type(model).load(tmp_path, model.params())
     for known in (True, False):
-        profile = _profile(dataset, 9, known)
+        profile = _profile(dataset, 9, known, name in RATED)
         np.testing.assert_array_equal(loaded.score(profile), model.score(profile))
     users = np.arange(N_USERS)
     np.testing.assert_array_equal(
@@ -148,13 +164,14 @@ def test_ranks_own_group_first(name, fitted, dataset):
     model = fitted[name]
     hits = []
     for user in range(N_USERS):
-        profile = _profile(dataset, user, known=False)
+        profile = _profile(dataset, user, False, name in RATED)
         scores = model.score(profile)
         scores[profile.items] = -np.inf
         best = np.argsort(-scores)[:5]
         group = user % 2
         hits.append(np.mean(best // (N_ITEMS // 2) == group))
-    assert np.mean(hits) > 0.7
+    # pearson sees only the explicit two thirds of the ratings: weaker, not blind
+    assert np.mean(hits) > (0.6 if name == "user_knn_pearson" else 0.7)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -277,3 +294,56 @@ def test_bpr_is_reproducible_with_one_thread(fitted, dataset):
     np.testing.assert_array_equal(
         again.fit(dataset).item_factors, fitted["bpr"].item_factors
     )
+
+
+# --- user neighbours --------------------------------------------------------
+
+
+def test_user_knn_cosine_matches_dense_formula(fitted, dataset):
+    model = fitted["user_knn"]
+    x = dataset.user_items().toarray().astype(np.float64)
+    norms = np.linalg.norm(x, axis=1)
+    cosines = x @ x[4] / (norms * norms[4])
+    cosines[4] = 0.0
+    best = np.argsort(-cosines, kind="stable")[:10]
+    expected = cosines[best] @ x[best]
+    np.testing.assert_allclose(model.score(_profile(dataset, 4)), expected, rtol=1e-5)
+
+
+def test_user_knn_pearson_centres_explicit_ratings(fitted, dataset):
+    vectors = fitted["user_knn_pearson"].vectors_
+    explicit = dataset.ratings > 0
+    assert vectors.nnz == len(
+        set(zip(dataset.users[explicit], dataset.items[explicit], strict=True))
+    )
+    np.testing.assert_allclose(np.asarray(vectors.sum(axis=1)).ravel(), 0.0, atol=1e-4)
+
+
+def test_user_knn_cosine_and_pearson_differ_sensibly(fitted, dataset):
+    cosine, pearson = fitted["user_knn"], fitted["user_knn_pearson"]
+    profile = _profile(dataset, 6, known=False, rated=True)
+    users_c, sims_c = cosine.neighbours(profile)
+    users_p, sims_p = pearson.neighbours(profile)
+    assert not np.array_equal(users_c, users_p)
+    assert np.all((sims_c > 0) & (sims_c <= 1 + 1e-6))
+    assert np.all((sims_p > 0) & (sims_p <= 1 + 1e-6))
+    # both find mostly readers of the same taste group (even indices)
+    assert np.mean(users_c % 2 == 0) > 0.7
+    assert np.mean(users_p % 2 == 0) > 0.7
+
+
+def test_user_knn_pearson_needs_rating_variation(fitted, dataset):
+    flat = _profile(dataset, 6, known=False)
+    np.testing.assert_array_equal(fitted["user_knn_pearson"].score(flat), 0.0)
+
+
+def test_user_knn_never_its_own_neighbour(fitted, dataset):
+    users, _ = fitted["user_knn"].neighbours(_profile(dataset, 8))
+    assert 8 not in users
+    users, _ = fitted["user_knn"].neighbours(_profile(dataset, 8, known=False))
+    assert users[0] == 8
+
+
+def test_user_knn_rejects_unknown_similarity(dataset):
+    with pytest.raises(ValueError, match=r"similarity must be one of .*'jaccard'"):
+        UserKNN(similarity="jaccard").fit(dataset)
