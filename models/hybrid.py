@@ -39,8 +39,8 @@ def min_max(scores: np.ndarray) -> np.ndarray:
     """
     scores = np.asarray(scores, dtype=np.float32)
     finite = np.isfinite(scores)
-    low = np.where(finite, scores, np.inf).min(axis=-1, keepdims=True)
-    high = np.where(finite, scores, -np.inf).max(axis=-1, keepdims=True)
+    low = np.where(finite, scores, np.inf).min(-1, keepdims=True, initial=np.inf)
+    high = np.where(finite, scores, -np.inf).max(-1, keepdims=True, initial=-np.inf)
     span = high - low
     ok = np.isfinite(span) & (span > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
