@@ -1,7 +1,7 @@
 """Item neighbours: "readers of this book also read ...".
 
 Two books are similar by the cosine of their reader columns in the binary
-reader x book matrix. Each book keeps only its ``K`` most similar other books
+reader x book matrix. Each book keeps only its ``k`` most similar other books
 (a sparse item x item matrix ``S``). A reader's score for a candidate ``j`` is
 
     score_j = sum over history items i of  w_i * S[i, j],
@@ -33,7 +33,7 @@ class ItemKNN:
 
     Parameters
     ----------
-    K : int, default 100
+    k : int, default 100
         Neighbours kept per item (the item itself is not one of them); >= 1.
     num_threads : int, default 0
         Threads used by ``implicit`` while fitting; 0 means every core.
@@ -46,24 +46,24 @@ class ItemKNN:
 
     name: ClassVar[str] = "item_knn"
 
-    def __init__(self, K: int = 100, num_threads: int = 0) -> None:
-        self.K = K
+    def __init__(self, k: int = 100, num_threads: int = 0) -> None:
+        self.k = k
         self.num_threads = num_threads
         self.similarity_: sp.csr_matrix | None = None
 
     def _check_params(self) -> None:
-        if self.K < 1:
-            raise ValueError(f"K must be >= 1, got {self.K!r}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k!r}")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads!r}")
 
     def fit(self, dataset: Dataset) -> Self:
-        """Compute the top-``K`` cosine neighbours of every item.
+        """Compute the top-``k`` cosine neighbours of every item.
 
         Raises
         ------
         ValueError
-            If ``K`` or ``num_threads`` breaks its rule.
+            If ``k`` or ``num_threads`` breaks its rule.
         """
         from implicit.nearest_neighbours import ItemItemRecommender
 
@@ -76,7 +76,7 @@ class ItemKNN:
         unit = sp.csr_matrix(user_items.multiply(1.0 / np.maximum(norms, 1e-12)))
 
         # implicit counts the item itself among its K: ask for one more, drop it
-        knn = ItemItemRecommender(K=self.K + 1, num_threads=self.num_threads)
+        knn = ItemItemRecommender(K=self.k + 1, num_threads=self.num_threads)
         knn.fit(unit.astype(np.float64), show_progress=False)
         similarity = sp.csr_matrix(knn.similarity, dtype=np.float32)
         similarity.setdiag(0.0)
@@ -196,7 +196,7 @@ class ItemKNN:
         return int(history[best]) if terms[best] > 0 else None
 
     def params(self) -> dict[str, Any]:
-        return {"K": self.K, "num_threads": self.num_threads}
+        return {"k": self.k, "num_threads": self.num_threads}
 
     def save(self, directory: Path) -> list[str]:
         """Write the neighbour matrix as ``item_knn.similarity.npz``."""

@@ -24,8 +24,11 @@ EMPTY_TEXT_ITEM = N_ITEMS - 1
 SMALL_PARAMS: dict[str, dict[str, Any]] = {
     "popularity": {"half_life_days": 10.0},
     "als": {"factors": 8, "iterations": 10, "num_threads": 1},
-    "item_knn": {"K": 10, "num_threads": 1},
+    "item_knn": {"k": 10, "num_threads": 1},
     "content": {"max_features": 500},
+    "ease": {"regularization": 10.0},
+    "bpr": {"factors": 8, "iterations": 20, "num_threads": 1},
+    "user_knn": {"k": 10},
 }
 
 
@@ -278,7 +281,7 @@ def test_als_refuses_a_bad_factor_count(dataset: Dataset) -> None:
 
 
 def test_item_knn_keeps_k_neighbours_without_self(dataset: Dataset) -> None:
-    model = ItemKNN(K=5, num_threads=1).fit(dataset)
+    model = ItemKNN(k=5, num_threads=1).fit(dataset)
     similarity = model.similarity_
     assert isinstance(similarity, sp.csr_matrix)
     assert np.all(similarity.diagonal() == 0)
@@ -286,7 +289,7 @@ def test_item_knn_keeps_k_neighbours_without_self(dataset: Dataset) -> None:
 
 
 def test_item_knn_neighbours_and_reason(dataset: Dataset) -> None:
-    model = ItemKNN(K=10, num_threads=1).fit(dataset)
+    model = ItemKNN(k=10, num_threads=1).fit(dataset)
     items, scores = model.neighbours(np.array([0, 3]), 4)
     assert 0 not in items and 3 not in items
     assert np.all(np.diff(scores) <= 0)
