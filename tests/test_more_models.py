@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from bookverse.models.base import UserProfile
 from bookverse.models.bpr import BPR
 from bookverse.models.dataset import Catalogue, Dataset
 from bookverse.models.ease import EASE
+from bookverse.models.neural import NeuralCF
 from bookverse.models.user_knn import UserKNN
 
 N_USERS, N_ITEMS = 60, 40
@@ -78,8 +80,26 @@ def _profile(
     return UserProfile(user if known else None, items, weights)
 
 
+HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+
+
+def _neural() -> NeuralCF:
+    import tensorflow as tf
+
+    # only possible before TensorFlow starts its runtime
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    return NeuralCF(
+        embedding_dim=8, layers=(16, 8), epochs=10, batch_size=64, learning_rate=0.01
+    )
+
+
 def _factories() -> dict[str, Any]:
-    return {
+    extra = {"neural": _neural} if HAS_TENSORFLOW else {}
+    return extra | {
         "ease": lambda: EASE(regularization=10.0),
         "ease_capped": lambda: EASE(regularization=10.0, max_items=25),
         "user_knn": lambda: UserKNN(k=10),
