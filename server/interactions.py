@@ -260,18 +260,18 @@ def _with_busy_retry(action: Callable[[], _T], what: str) -> _T:
         The last error, if the database stays busy or fails otherwise.
     """
     delay = _BUSY_BACKOFF_S
-    for attempt in range(_BUSY_RETRIES):
+    for attempt in range(1, _BUSY_RETRIES):
         try:
             return action()
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or attempt == _BUSY_RETRIES - 1:
+            if not _is_busy(exc):
                 raise
-            logger.warning("%s: database busy, retry %s: %s", what, attempt + 1, exc)
+            logger.warning("%s: database busy, retry %s: %s", what, attempt, exc)
 
         # jittered exponential backoff, so competing processes spread out
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, _BUSY_BACKOFF_MAX_S)
-    raise AssertionError("unreachable")
+    return action()
 
 
 def _rollback_quietly(conn: sqlite3.Connection) -> None:
@@ -581,8 +581,6 @@ class InteractionStore:
                 self._readers.append(conn)
         return conn
 
-    # the writer thread
-
     def _check_arguments(self) -> None:
         """Validate the constructor's arguments.
 
@@ -656,6 +654,8 @@ class InteractionStore:
         except BaseException:
             _rollback_quietly(conn)
             raise
+
+    # the writer thread
 
     def _run_writer(self) -> None:
         """Take batches off the queue and commit them until told to stop."""

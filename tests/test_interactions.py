@@ -6,7 +6,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from bookverse.server.interactions import (
     InteractionStoreError,
     TrackResult,
     _Pending,
+    _with_busy_retry,
 )
 
 T0 = 1_700_000_000.0
@@ -394,3 +395,31 @@ def test_duplicates_inside_one_transaction(store: InteractionStore) -> None:
         assert dup == TrackResult(first.event_id, True, T0 + 10)
     assert not results[4].duplicate
     assert store.count() == 2
+
+
+def _busy_for(n_calls: int) -> tuple[list[int], Callable[[], str]]:
+    """An action that answers SQLITE_BUSY ``n_calls`` times, then "ok"."""
+    calls: list[int] = []
+
+    def action() -> str:
+        calls.append(1)
+        if len(calls) <= n_calls:
+            error = sqlite3.OperationalError("database is locked")
+            error.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+            raise error
+        return "ok"
+
+    return calls, action
+
+
+def test_busy_is_retried() -> None:
+    calls, action = _busy_for(2)
+    assert _with_busy_retry(action, "test") == "ok"
+    assert len(calls) == 3
+
+
+def test_busy_retries_are_bounded() -> None:
+    calls, action = _busy_for(10_000)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _with_busy_retry(action, "test")
+    assert 1 < len(calls) < 100
