@@ -15,6 +15,7 @@ from bookverse.models.base import UserProfile
 from bookverse.models.bpr import BPR
 from bookverse.models.dataset import Catalogue, Dataset
 from bookverse.models.ease import EASE
+from bookverse.models.explicit_mf import ExplicitMF, explicit_ratings
 from bookverse.models.neural import NeuralCF
 from bookverse.models.user_knn import UserKNN
 
@@ -102,6 +103,7 @@ def _factories() -> dict[str, Any]:
     return extra | {
         "ease": lambda: EASE(regularization=10.0),
         "ease_capped": lambda: EASE(regularization=10.0, max_items=25),
+        "explicit_mf": lambda: ExplicitMF(factors=4, regularization=0.1, epochs=8),
         "user_knn": lambda: UserKNN(k=10),
         "user_knn_pearson": lambda: UserKNN(k=10, similarity="pearson"),
         "bpr": lambda: BPR(factors=8, learning_rate=0.05, iterations=60, num_threads=1),
@@ -109,7 +111,7 @@ def _factories() -> dict[str, Any]:
 
 
 MODELS = sorted(_factories())
-RATED = {"user_knn_pearson"}
+RATED = {"user_knn_pearson", "explicit_mf"}
 """Models that read ``UserProfile.weights`` as ratings."""
 
 
@@ -181,6 +183,8 @@ def test_save_load_round_trip(name, fitted, dataset, tmp_path: Path):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_ranks_own_group_first(name, fitted, dataset):
+    if name == "explicit_mf":
+        pytest.skip("ratings exist only inside a group: no signal for a rating model")
     model = fitted[name]
     hits = []
     for user in range(N_USERS):
@@ -367,3 +371,82 @@ def test_user_knn_never_its_own_neighbour(fitted, dataset):
 def test_user_knn_rejects_unknown_similarity(dataset):
     with pytest.raises(ValueError, match=r"similarity must be one of .*'jaccard'"):
         UserKNN(similarity="jaccard").fit(dataset)
+
+
+# --- explicit MF ------------------------------------------------------------
+
+
+def test_explicit_mf_beats_the_biases_on_training_ratings(fitted, dataset):
+    model = fitted["explicit_mf"]
+    ratings = explicit_ratings(dataset).tocoo()
+    assert np.isclose(model.global_mean, ratings.data.mean())
+    predicted = model.predict(ratings.row, ratings.col)
+    rmse = np.sqrt(np.mean((predicted - ratings.data) ** 2))
+    baseline = np.sqrt(np.mean((ratings.data - ratings.data.mean()) ** 2))
+    assert rmse < 0.8 * baseline
+
+
+def test_explicit_mf_fold_in_is_one_ridge_solve(fitted):
+    model = fitted["explicit_mf"]
+    items = np.array([2, 7, 11, 30])
+    ratings = np.array([9.0, 8.0, 0.0, 2.0])  # the 0 is implicit: ignored
+    vector, bias = model.fold_in(items, ratings)
+
+    rated = ratings > 0
+    z = np.hstack([model.item_factors[items[rated]], np.ones((3, 1))])
+    target = ratings[rated] - model.global_mean - model.item_bias[items[rated]]
+    a = z.T @ z + 0.1 * 3 * np.eye(5)
+    expected = np.linalg.solve(a, z.T @ target)
+    np.testing.assert_allclose(vector, expected[:-1], rtol=1e-4, atol=1e-6)
+    assert np.isclose(bias, expected[-1], rtol=1e-4)
+
+
+def test_explicit_mf_without_ratings_scores_item_bias(fitted):
+    model = fitted["explicit_mf"]
+    implicit_only = UserProfile(None, np.array([1, 2]), np.zeros(2, np.float32))
+    np.testing.assert_allclose(
+        model.score(implicit_only), model.global_mean + model.item_bias, rtol=1e-6
+    )
+
+
+def test_explicit_mf_needs_explicit_ratings(dataset):
+    implicit = dataset.subset(dataset.ratings == 0)
+    with pytest.raises(ValueError, match="must have explicit ratings"):
+        ExplicitMF().fit(implicit)
+
+
+def test_explicit_mf_learns_taste_from_ratings():
+    # every reader rates books of both halves: their own half 8-10, the other 1-3
+    rng = np.random.default_rng(1)
+    base = _dataset()
+    users = np.repeat(np.arange(N_USERS), 12)
+    items = np.concatenate(
+        [rng.choice(N_ITEMS, size=12, replace=False) for _ in range(N_USERS)]
+    )
+    own = items // (N_ITEMS // 2) == users % 2
+    ratings = np.where(
+        own, rng.integers(8, 11, len(users)), rng.integers(1, 4, len(users))
+    )
+    data = Dataset(
+        name="tastes",
+        user_ids=base.user_ids,
+        catalogue=base.catalogue,
+        users=users.astype(np.int32),
+        items=items.astype(np.int32),
+        ratings=ratings.astype(np.float32),
+        timestamps=np.zeros(len(users), np.int64),
+        rating_scale=base.rating_scale,
+        id_scheme=base.id_scheme,
+    )
+    held_out = rng.random(len(users)) < 0.2
+    model = ExplicitMF(factors=4, regularization=0.05, epochs=10)
+    model.fit(data.subset(~held_out))
+
+    predicted = model.predict(users[held_out], items[held_out])
+    rmse = np.sqrt(np.mean((predicted - ratings[held_out]) ** 2))
+    assert rmse < 0.5 * np.std(ratings[held_out])
+
+    # a new reader who rated two books of the first half high, one low of the other
+    profile = UserProfile(None, np.array([0, 1, 30]), np.array([10.0, 9.0, 2.0]))
+    scores = model.score(profile)
+    assert scores[: N_ITEMS // 2].mean() > scores[N_ITEMS // 2 :].mean() + 3
