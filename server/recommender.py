@@ -1,0 +1,943 @@
+"""The request-time pipeline: from a checked query to ranked, explained books.
+
+Pure Python and numpy over one :class:`~bookverse.server.bundle.ServingBundle`;
+no gRPC types. One Recommend call runs these stages, each after a look at the
+clock and at the client:
+
+1. **Reader.** A reader known to training starts from the training history
+   (their stored ALS factors are used as is). Their tracked events, read from
+   the interaction store, are merged in; a history that grew this way is
+   scored with ``user_index=None``, so factor models fold it in and the whole
+   ranking moves, not only the tracked book. A reader known only from
+   tracked events is folded in the same way. A reader with no history at all
+   is a cold start: popular books, plus books like the session's
+   (``context.session_book_ids``, which join every reader's profile).
+2. **Candidates** (a few hundred, never the whole catalogue): ALS nearest
+   items from the FAISS index, item-kNN neighbours of the recent books,
+   content neighbours of the session's (or recent) books, and the most
+   popular books; books by ``only_authors`` are added when that filter is
+   set. Filters then remove books (below); if fewer than ``n`` remain, the
+   most popular books that pass the filters top the set up.
+3. **Scores and blend.** Every model scores every candidate; each model's
+   scores are min-max normalised over the candidates and summed with the
+   bundle's (or the experiment's) weights (``WeightedBlend``).
+4. **Rank.** By blended score, descending, ties by book id ascending; the
+   first ``n``. Ids are unique because candidate indices are.
+
+Filters: books the reader already read are removed unless
+``include_already_read``; ``exclude_book_ids``; ``only_authors`` and
+``exclude_authors`` compare case-folded names; a year bound removes books of
+unknown year (0). Unknown ids in filters or context are ignored and counted.
+
+Per item, ``confidence`` in [0, 1] is the evidence behind it, not its score:
+the share of weighted models that place the item in their own top
+``max(3 n, 30)`` of the candidates, times a history factor
+``0.3 + 0.7 * min(1, history / 20)`` (history = books in the reader's
+profile; 0 for a cold start, so a cold start stays at or below 0.3). Items of
+a popularity fallback get :data:`FALLBACK_CONFIDENCE`. ``reason`` names what
+found the item: "Readers of <title> also read this" (item neighbours),
+"Similar to <title>" (content), "Matches your reading" (ALS) or "Popular
+with readers"; when several sources found it, the one whose model adds most
+to its blended score speaks.
+
+Edge cases, each one flagged answer and never an exception: an empty
+catalogue, filters that leave nothing, and a reader who has read every book
+the filters allow give an empty list with ``strategy_reason`` saying why;
+scores that are not finite give the popularity fallback; too little time
+before the deadline gives the popularity fallback with ``degraded=True``; an
+unreadable interaction store serves the training history, flagged degraded.
+A cancelled call raises :class:`~bookverse.server.errors.Cancelled`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from bookverse.models.base import UserProfile
+from bookverse.models.hybrid import WeightedBlend
+from bookverse.models.ids import normalize_book_id, normalize_user_id
+from bookverse.server.bundle import ServingBundle
+from bookverse.server.config import ExperimentConfig
+from bookverse.server.errors import Cancelled, DeadlineExceeded, NotFound
+from bookverse.server.validation import ExplainQuery, Filters, RecommendQuery
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_CONFIDENCE = 0.1
+"""Confidence of every item of a popularity fallback: one weak signal."""
+
+KIND_WEIGHTS: dict[str, float] = {
+    "view": 0.5,
+    "click": 0.5,
+    "add_to_list": 1.0,
+    "purchase": 1.0,
+    "rating": 1.0,
+    "finished": 1.0,
+}
+"""Weight of a tracked event in the reader's profile, by kind (training
+interactions weigh 1.0): a glance counts half a reading."""
+
+MF_CANDIDATES = 200
+NEIGHBOUR_CANDIDATES = 100
+CONTENT_CANDIDATES = 50
+POPULAR_CANDIDATES = 100
+RECENT_SEEDS = 50
+CONTENT_SEEDS = 20
+REASON_SEEDS = 3
+RECENT_EVENTS = 200
+HISTORY_FOR_FULL_CONFIDENCE = 20
+POPULAR_REASON_RANK = 100
+
+
+class Strategy(enum.Enum):
+    PERSONALIZED = "personalized"
+    COLD_START = "cold_start"
+    FALLBACK = "fallback"
+
+
+class Source(enum.Enum):
+    MATRIX_FACTORIZATION = "als"
+    ITEM_NEIGHBORS = "item_knn"
+    CONTENT = "content"
+    POPULARITY = "popularity"
+
+
+# the order in which sources speak when their models add equally
+_SOURCES = (
+    Source.ITEM_NEIGHBORS,
+    Source.CONTENT,
+    Source.MATRIX_FACTORIZATION,
+    Source.POPULARITY,
+)
+
+
+class EventSource(Protocol):
+    """Where tracked events are read (``InteractionStore``)."""
+
+    def recent(self, user_id: str, limit: int = ...) -> Sequence[_Event]: ...
+
+
+class _Event(Protocol):
+    book_id: str
+    kind: str
+
+
+@runtime_checkable
+class _Retriever(Protocol):
+    def candidates(
+        self, profile: UserProfile, k: int
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class _Neighbours(Protocol):
+    def neighbours(
+        self, items: np.ndarray, k: int, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def top_contributor(self, profile: UserProfile, item: int) -> int | None: ...
+
+
+@runtime_checkable
+class _Content(Protocol):
+    def similar_to(
+        self, items: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Item:
+    """One recommended book."""
+
+    book_id: str
+    title: str
+    author: str
+    year: int
+    score: float
+    confidence: float
+    reason: str
+    source: Source
+    already_seen: bool
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """The answer to one Recommend call.
+
+    ``degraded_code`` is a short fixed word for metrics ("deadline",
+    "events"), empty when not degraded.
+    """
+
+    items: list[Item]
+    strategy: Strategy
+    strategy_reason: str
+    model_version: str
+    experiment_variant: str
+    ignored_unknown_ids: int = 0
+    candidates_scored: int = 0
+    degraded: bool = False
+    degraded_reason: str = ""
+    degraded_code: str = ""
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One model's part in a book's blended score."""
+
+    model: str
+    score: float
+    weight: float
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The answer to one Explain call."""
+
+    book_id: str
+    title: str
+    author: str
+    reasons: list[str]
+    contributions: list[Contribution]
+    score: float
+    strategy: Strategy
+    model_version: str
+    already_seen: bool
+    known_to_model: bool
+    experiment_variant: str
+
+
+@dataclass(frozen=True)
+class Reader:
+    """What one call knows about its reader.
+
+    ``profile`` is what the models score (history plus session books);
+    ``seen`` the books already read (training and tracked); ``seeds`` the
+    recent books, newest tracked first, that item neighbours start from.
+    """
+
+    user_id: str
+    profile: UserProfile
+    seen: np.ndarray
+    seeds: np.ndarray
+    history: int
+    known: bool
+    session: np.ndarray
+    events_failed: bool = False
+
+    @property
+    def strategy(self) -> Strategy:
+        return Strategy.PERSONALIZED if self.history else Strategy.COLD_START
+
+
+@dataclass
+class _Call:
+    """The clock and the client of one call, checked between stages."""
+
+    deadline: float
+    margin: float
+    cancelled: Callable[[], bool]
+    stage: str = "start"
+
+    def enough_time(self, stage: str) -> bool:
+        """False when less than the margin is left; raises if cancelled.
+
+        Raises
+        ------
+        Cancelled
+            If the client has gone away.
+        """
+        self.stage = stage
+        if self.cancelled():
+            raise Cancelled("the call was cancelled")
+        return time.monotonic() + self.margin < self.deadline
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """Candidates with their blend: aligned arrays over the candidate set."""
+
+    items: np.ndarray
+    blended: np.ndarray
+    normalised: dict[str, np.ndarray]
+    weights: dict[str, float]
+    sources: dict[Source, set[int]] = field(default_factory=dict)
+
+
+class Recommender:
+    """Answers Recommend and Explain over whichever bundle a call holds.
+
+    Parameters
+    ----------
+    events : EventSource or None
+        The interaction store; ``None`` serves training histories only.
+    experiment : ExperimentConfig
+        Variant name and blend-weight overrides.
+    deadline_margin_s : float
+        Time kept in reserve: a stage that would start with less left
+        answers with the degraded popularity fallback instead.
+    """
+
+    def __init__(
+        self,
+        events: EventSource | None,
+        experiment: ExperimentConfig,
+        deadline_margin_s: float,
+    ) -> None:
+        self.events = events
+        self.experiment = experiment
+        self.deadline_margin_s = deadline_margin_s
+
+    # Recommend
+
+    def recommend(
+        self,
+        bundle: ServingBundle,
+        query: RecommendQuery,
+        deadline: float = math.inf,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Recommendations:
+        """Rank books for one reader (module docstring for every stage).
+
+        Parameters
+        ----------
+        bundle : ServingBundle
+            The one bundle this call uses throughout.
+        query : RecommendQuery
+            The checked request.
+        deadline : float
+            ``time.monotonic()`` value by which the answer must be ready.
+        cancelled : callable
+            True once the client has gone away.
+
+        Returns
+        -------
+        Recommendations
+
+        Raises
+        ------
+        Cancelled
+            If ``cancelled()`` turns true between two stages.
+        """
+        call = _Call(deadline, self.deadline_margin_s, cancelled)
+        if bundle.n_items == 0:
+            return self._empty(bundle, Strategy.FALLBACK, "the catalogue is empty", 0)
+        session, unknown_session = _book_rows(bundle, query.session_book_ids)
+        excluded, unknown_excluded = _book_rows(bundle, query.filters.exclude_book_ids)
+        ignored = unknown_session + unknown_excluded
+        if not call.enough_time("reader"):
+            return self._degraded(bundle, query, None, excluded, ignored, call)
+
+        reader = self.resolve(bundle, query.user_id, session)
+        if not call.enough_time("candidates"):
+            return self._degraded(bundle, query, reader, excluded, ignored, call)
+
+        allowed = _Allowed(bundle, query.filters, reader.seen, excluded)
+        found = self._sources(bundle, reader, query)
+        candidates = _candidates(bundle, found, query, allowed)
+        if len(candidates) == 0:
+            reason = _nothing_left(bundle, query.filters, reader, allowed)
+            return self._empty(bundle, reader.strategy, reason, ignored)
+        if not call.enough_time("scoring"):
+            return self._degraded(bundle, query, reader, excluded, ignored, call)
+
+        scored = self._score(bundle, reader.profile, candidates)
+        if scored is None:
+            return self._fallback(bundle, query, reader, allowed, ignored)
+        if not call.enough_time("ranking"):
+            return self._degraded(bundle, query, reader, excluded, ignored, call)
+
+        scored = _with_sources(scored, found)
+        items = self._items(bundle, reader, scored, query.n)
+        return Recommendations(
+            items=items,
+            strategy=reader.strategy,
+            strategy_reason=_strategy_reason(reader),
+            model_version=bundle.version,
+            experiment_variant=self.experiment.variant,
+            ignored_unknown_ids=ignored,
+            candidates_scored=len(candidates),
+            degraded=reader.events_failed,
+            degraded_reason=(
+                "tracked events could not be read; training history served"
+                if reader.events_failed
+                else ""
+            ),
+            degraded_code="events" if reader.events_failed else "",
+        )
+
+    def resolve(
+        self, bundle: ServingBundle, raw_user_id: str, session: np.ndarray
+    ) -> Reader:
+        """Build the reader's profile from training, tracked events and session.
+
+        Parameters
+        ----------
+        bundle : ServingBundle
+        raw_user_id : str
+            As the client sent it; normalised here.
+        session : (s,) int64
+            Item rows of the session's books.
+        """
+        user_id = normalize_user_id(raw_user_id)
+        row = bundle.user_index.get(user_id)
+        items, weights = bundle.history(row) if row is not None else _no_history()
+        tracked, tracked_weights, failed = self._tracked(bundle, user_id)
+
+        seen = np.unique(np.concatenate([items, tracked]))
+        history = len(seen)
+        grown = len(tracked) > 0 or len(session) > 0
+        profile = UserProfile(
+            None if grown else row,
+            np.concatenate([items, tracked, session]),
+            np.concatenate(
+                [weights, tracked_weights, np.ones(len(session), np.float32)]
+            ),
+        )
+        seeds = _unique_in_order(np.concatenate([tracked, items[::-1]]))[:RECENT_SEEDS]
+        return Reader(
+            user_id=user_id,
+            profile=profile,
+            seen=seen,
+            seeds=seeds,
+            history=history,
+            known=row is not None,
+            session=session,
+            events_failed=failed,
+        )
+
+    def _tracked(
+        self, bundle: ServingBundle, user_id: str
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Rows and weights of the reader's tracked books, newest first."""
+        if self.events is None:
+            return (*_no_history(), False)
+        try:
+            events = self.events.recent(user_id, RECENT_EVENTS)
+        except Exception:  # the store failing must not fail recommendations
+            logger.warning(
+                "tracked events unreadable; serving training history", exc_info=True
+            )
+            return (*_no_history(), True)
+        rows, weights = [], []
+        for event in events:
+            row = bundle.book_index.get(event.book_id)
+            if row is not None:
+                rows.append(row)
+                weights.append(KIND_WEIGHTS.get(event.kind, 1.0))
+        return (
+            np.asarray(rows, dtype=np.int64),
+            np.asarray(weights, dtype=np.float32),
+            False,
+        )
+
+    def _sources(
+        self, bundle: ServingBundle, reader: Reader, query: RecommendQuery
+    ) -> dict[Source, np.ndarray]:
+        """Candidate rows found by each source (before filters)."""
+        profile = reader.profile
+        found: dict[Source, np.ndarray] = {
+            Source.POPULARITY: bundle.popular_order[:POPULAR_CANDIDATES]
+        }
+        als = bundle.models.get("als")
+        if isinstance(als, _Retriever) and not profile.is_empty:
+            found[Source.MATRIX_FACTORIZATION] = als.candidates(profile, MF_CANDIDATES)[
+                0
+            ]
+        knn = bundle.models.get("item_knn")
+        seeds = np.concatenate([reader.session, reader.seeds])[:RECENT_SEEDS]
+        if isinstance(knn, _Neighbours) and len(seeds):
+            found[Source.ITEM_NEIGHBORS] = knn.neighbours(seeds, NEIGHBOUR_CANDIDATES)[
+                0
+            ]
+        content = bundle.models.get("content")
+        if isinstance(content, _Content) and len(seeds):
+            found[Source.CONTENT] = content.similar_to(
+                seeds[:CONTENT_SEEDS], CONTENT_CANDIDATES
+            )[0]
+        return found
+
+    def _score(
+        self, bundle: ServingBundle, profile: UserProfile, items: np.ndarray
+    ) -> _Scored | None:
+        """Every model's scores over ``items``, blended; None if not finite."""
+        scores = {}
+        for name, model in bundle.models.items():
+            values = np.asarray(model.score(profile, items), dtype=np.float32)
+            if values.shape != items.shape or not np.all(np.isfinite(values)):
+                logger.warning("model %s gave non-finite scores; falling back", name)
+                return None
+            scores[name] = values
+        weights = self.experiment.blend_weights(bundle.weights)
+        weights = {name: weights.get(name, 0.0) for name in bundle.models}
+        blended, normalised = WeightedBlend(weights).blend(scores)
+        return _Scored(items, blended, normalised, weights)
+
+    def _items(
+        self, bundle: ServingBundle, reader: Reader, scored: _Scored, n: int
+    ) -> list[Item]:
+        """The best ``n`` candidates as answer items, with confidence and reason."""
+        ids = bundle.catalogue.item_ids[scored.items]
+        order = np.lexsort((ids, -scored.blended))[:n]
+        agree = _agreement(scored, max(3 * n, 30))
+        factor = _history_factor(reader)
+        content_anchor = self._content_anchors(bundle, reader, scored.items[order])
+        items = []
+        for position in order:
+            row = int(scored.items[position])
+            source = _speaking_source(scored, position, row)
+            items.append(
+                _item(
+                    bundle,
+                    row,
+                    float(scored.blended[position]),
+                    float(agree[position] * factor),
+                    self._reason(bundle, reader, source, row, content_anchor),
+                    source,
+                    bool(np.isin(row, reader.seen)),
+                )
+            )
+        return items
+
+    def _reason(
+        self,
+        bundle: ServingBundle,
+        reader: Reader,
+        source: Source,
+        row: int,
+        content_anchor: Mapping[int, int],
+    ) -> str:
+        """The short human-readable reason for one item found by ``source``."""
+        if source is Source.ITEM_NEIGHBORS:
+            knn = bundle.models.get("item_knn")
+            anchor = (
+                knn.top_contributor(reader.profile, row)
+                if isinstance(knn, _Neighbours)
+                else None
+            )
+            if anchor is not None:
+                return f"Readers of {_title(bundle, anchor)} also read this"
+        if source is Source.CONTENT and row in content_anchor:
+            return f"Similar to {_title(bundle, content_anchor[row])}"
+        if source is Source.POPULARITY:
+            return "Popular with readers"
+        return "Matches your reading"
+
+    def _content_anchors(
+        self, bundle: ServingBundle, reader: Reader, rows: np.ndarray
+    ) -> dict[int, int]:
+        """For each row, the seed book (of the first few) most like it in text."""
+        content = bundle.models.get("content")
+        seeds = np.concatenate([reader.session, reader.seeds])[:REASON_SEEDS]
+        if content is None or len(seeds) == 0 or len(rows) == 0:
+            return {}
+        similarity = np.stack(
+            [
+                content.score(
+                    UserProfile(None, np.array([seed]), np.ones(1, np.float32)), rows
+                )
+                for seed in seeds
+            ]
+        )
+        best = similarity.argmax(axis=0)
+        return {
+            int(row): int(seeds[best[i]])
+            for i, row in enumerate(rows)
+            if similarity[best[i], i] > 0
+        }
+
+    # answers without personal scoring
+
+    def _empty(
+        self, bundle: ServingBundle, strategy: Strategy, reason: str, ignored: int
+    ) -> Recommendations:
+        return Recommendations(
+            items=[],
+            strategy=strategy,
+            strategy_reason=reason,
+            model_version=bundle.version,
+            experiment_variant=self.experiment.variant,
+            ignored_unknown_ids=ignored,
+        )
+
+    def _fallback(
+        self,
+        bundle: ServingBundle,
+        query: RecommendQuery,
+        reader: Reader,
+        allowed: _Allowed,
+        ignored: int,
+    ) -> Recommendations:
+        """Popular books that pass the filters, after personal scores failed."""
+        items = [
+            _item(
+                bundle,
+                int(row),
+                1.0 / (1 + rank),
+                FALLBACK_CONFIDENCE,
+                "Popular with readers",
+                Source.POPULARITY,
+                bool(np.isin(row, reader.seen)),
+            )
+            for rank, row in enumerate(allowed.popular(query.n))
+        ]
+        return Recommendations(
+            items=items,
+            strategy=Strategy.FALLBACK,
+            strategy_reason="personal scores were not finite; popular books served",
+            model_version=bundle.version,
+            experiment_variant=self.experiment.variant,
+            ignored_unknown_ids=ignored,
+        )
+
+    def _degraded(
+        self,
+        bundle: ServingBundle,
+        query: RecommendQuery,
+        reader: Reader | None,
+        excluded: np.ndarray,
+        ignored: int,
+        call: _Call,
+    ) -> Recommendations:
+        """The fast popularity answer when time runs short before ``call.stage``."""
+        seen = reader.seen if reader is not None else _no_history()[0]
+        allowed = _Allowed(bundle, query.filters, seen, excluded)
+        fallback = self._fallback(
+            bundle,
+            query,
+            reader or _anonymous(query.user_id),
+            allowed,
+            ignored,
+        )
+        logger.warning("deadline near before %s; degraded answer", call.stage)
+        return Recommendations(
+            items=fallback.items,
+            strategy=Strategy.FALLBACK,
+            strategy_reason="too little time left; popular books served",
+            model_version=bundle.version,
+            experiment_variant=self.experiment.variant,
+            ignored_unknown_ids=ignored,
+            degraded=True,
+            degraded_reason=f"deadline too close to run {call.stage}",
+            degraded_code="deadline",
+        )
+
+    # Explain
+
+    def explain(
+        self,
+        bundle: ServingBundle,
+        query: ExplainQuery,
+        deadline: float = math.inf,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Explanation:
+        """Why ``query.book_id`` suits ``query.user_id``: each model's part.
+
+        The book is scored together with the reader's usual candidates, so its
+        normalised scores mean what they mean in Recommend.
+
+        Raises
+        ------
+        NotFound
+            If the book is not in the catalogue.
+        DeadlineExceeded
+            If too little time is left to explain.
+        Cancelled
+            If the client went away.
+        """
+        call = _Call(deadline, self.deadline_margin_s, cancelled)
+        row = bundle.book_index.get(normalize_book_id(query.book_id, bundle.id_scheme))
+        if row is None:
+            raise NotFound("book_id", "not in the catalogue")
+        if not call.enough_time("reader"):
+            raise DeadlineExceeded("deadline too close to explain")
+        reader = self.resolve(bundle, query.user_id, np.zeros(0, np.int64))
+        recommend = RecommendQuery(query.user_id, 10, Filters(), (), query.request_id)
+        found = self._sources(bundle, reader, recommend)
+        pool = np.unique(np.concatenate([*found.values(), [row]]).astype(np.int64))
+        if not call.enough_time("scoring"):
+            raise DeadlineExceeded("deadline too close to explain")
+
+        scored = self._score(bundle, reader.profile, pool)
+        position = int(np.searchsorted(pool, row))
+        contributions = _contributions(scored, position) if scored else []
+        already_seen = bool(np.isin(row, reader.seen))
+        title, author, _ = _meta(bundle, row)
+        return Explanation(
+            book_id=str(bundle.catalogue.item_ids[row]),
+            title=title,
+            author=author,
+            reasons=self._explain_reasons(bundle, reader, row, scored, position),
+            contributions=contributions,
+            score=float(scored.blended[position]) if scored else 0.0,
+            strategy=reader.strategy if scored else Strategy.FALLBACK,
+            model_version=bundle.version,
+            already_seen=already_seen,
+            known_to_model=bool(bundle.readers_per_item[row] > 0),
+            experiment_variant=self.experiment.variant,
+        )
+
+    def _explain_reasons(
+        self,
+        bundle: ServingBundle,
+        reader: Reader,
+        row: int,
+        scored: _Scored | None,
+        position: int,
+    ) -> list[str]:
+        """Every reason that holds for this reader and book, strongest kind first."""
+        reasons = []
+        if np.isin(row, reader.seen):
+            reasons.append("You already read this")
+        knn = bundle.models.get("item_knn")
+        if isinstance(knn, _Neighbours) and reader.history:
+            anchor = knn.top_contributor(reader.profile, row)
+            if anchor is not None:
+                reasons.append(f"Readers of {_title(bundle, anchor)} also read this")
+        anchors = self._content_anchors(bundle, reader, np.array([row]))
+        if row in anchors:
+            reasons.append(f"Similar to {_title(bundle, anchors[row])}")
+        als = scored.normalised.get("als") if scored else None
+        if als is not None and reader.history and als[position] >= 0.5:
+            reasons.append("Matches your reading")
+        if np.isin(row, bundle.popular_order[:POPULAR_REASON_RANK]):
+            reasons.append("Popular with readers")
+        if bundle.readers_per_item[row] == 0:
+            reasons.append("No reader of this book is known to the models yet")
+        return reasons or ["Little links this book to the reader's history"]
+
+
+class _Allowed:
+    """The filters of one call as a vectorised test over item rows."""
+
+    def __init__(
+        self,
+        bundle: ServingBundle,
+        filters: Filters,
+        seen: np.ndarray,
+        excluded: np.ndarray,
+    ) -> None:
+        self.bundle = bundle
+        self.filters = filters
+        self.seen = seen
+        self.excluded = excluded
+
+    def mask(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) bool: which rows pass every filter."""
+        f, bundle = self.filters, self.bundle
+        keep = ~np.isin(rows, self.excluded)
+        if not f.include_already_read:
+            keep &= ~np.isin(rows, self.seen)
+        if f.only_authors:
+            keep &= np.isin(bundle.author_keys[rows], list(f.only_authors))
+        if f.exclude_authors:
+            keep &= ~np.isin(bundle.author_keys[rows], list(f.exclude_authors))
+        years = bundle.catalogue.years[rows]
+        if f.min_year is not None:
+            keep &= (years != 0) & (years >= f.min_year)
+        if f.max_year is not None:
+            keep &= (years != 0) & (years <= f.max_year)
+        return keep
+
+    def popular(self, n: int, besides: np.ndarray | None = None) -> np.ndarray:
+        """The ``n`` most popular rows that pass, other than ``besides``."""
+        order = self.bundle.popular_order
+        chosen: list[np.ndarray] = []
+        wanted = n
+        for start in range(0, len(order), max(4 * n, 256)):
+            block = order[start : start + max(4 * n, 256)]
+            block = block[self.mask(block)]
+            if besides is not None:
+                block = block[~np.isin(block, besides)]
+            chosen.append(block[:wanted])
+            wanted -= len(chosen[-1])
+            if wanted <= 0:
+                break
+        return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+
+
+# small helpers
+
+
+def _no_history() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, np.int64), np.zeros(0, np.float32)
+
+
+def _anonymous(user_id: str) -> Reader:
+    none = _no_history()[0]
+    return Reader(user_id, UserProfile.empty(), none, none, 0, False, none)
+
+
+def _book_rows(bundle: ServingBundle, raw_ids: Sequence[str]) -> tuple[np.ndarray, int]:
+    """Rows of the known ids, in order and once each, and how many were unknown."""
+    rows: list[int] = []
+    unknown = 0
+    for raw in raw_ids:
+        row = bundle.book_index.get(normalize_book_id(raw, bundle.id_scheme))
+        if row is None:
+            unknown += 1
+        elif row not in rows:
+            rows.append(row)
+    return np.asarray(rows, dtype=np.int64), unknown
+
+
+def _candidates(
+    bundle: ServingBundle,
+    found: Mapping[Source, np.ndarray],
+    query: RecommendQuery,
+    allowed: _Allowed,
+) -> np.ndarray:
+    """Candidate rows that pass the filters, topped up to ``n`` if needed."""
+    pool = np.unique(np.concatenate([*found.values(), _author_rows(bundle, query)]))
+    pool = pool[allowed.mask(pool)]
+    if len(pool) >= query.n:
+        return pool
+    return np.unique(np.concatenate([pool, allowed.popular(query.n, pool)]))
+
+
+def _author_rows(bundle: ServingBundle, query: RecommendQuery) -> np.ndarray:
+    """Every book by an author of ``only_authors`` (none when unset)."""
+    if not query.filters.only_authors:
+        return np.zeros(0, np.int64)
+    hits = np.isin(bundle.author_keys, list(query.filters.only_authors))
+    return np.flatnonzero(hits).astype(np.int64)
+
+
+def _unique_in_order(rows: np.ndarray) -> np.ndarray:
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)]
+
+
+def _nothing_left(
+    bundle: ServingBundle, filters: Filters, reader: Reader, allowed: _Allowed
+) -> str:
+    """Why no book is left: the reader read them all, or the filters."""
+    if not filters.include_already_read and len(reader.seen):
+        unread = _Allowed(
+            bundle,
+            Filters(include_already_read=True, **_filter_fields(filters)),
+            reader.seen,
+            allowed.excluded,
+        )
+        if len(unread.popular(1)):
+            return "the reader has already read every book the filters allow"
+    return "no book in the catalogue passes the filters"
+
+
+def _filter_fields(filters: Filters) -> dict[str, object]:
+    return {
+        "exclude_book_ids": filters.exclude_book_ids,
+        "only_authors": filters.only_authors,
+        "exclude_authors": filters.exclude_authors,
+        "min_year": filters.min_year,
+        "max_year": filters.max_year,
+    }
+
+
+def _with_sources(scored: _Scored, found: Mapping[Source, np.ndarray]) -> _Scored:
+    """``scored`` with, per source, the positions of the candidates it found."""
+    sources = {
+        source: set(np.flatnonzero(np.isin(scored.items, rows)).tolist())
+        for source, rows in found.items()
+    }
+    return _Scored(
+        scored.items, scored.blended, scored.normalised, scored.weights, sources
+    )
+
+
+def _speaking_source(scored: _Scored, position: int, row: int) -> Source:
+    """Of the sources that found the item, the one whose model adds most."""
+    best, best_part = Source.POPULARITY, -1.0
+    for source in _SOURCES:
+        if position not in scored.sources.get(source, ()):
+            continue
+        name = source.value
+        part = scored.weights.get(name, 0.0) * float(
+            scored.normalised.get(name, np.zeros(position + 1))[position]
+        )
+        if part > best_part:
+            best, best_part = source, part
+    return best
+
+
+def _agreement(scored: _Scored, top: int) -> np.ndarray:
+    """(n_candidates,) share of weighted models ranking each candidate in their top."""
+    voters = [name for name, w in scored.weights.items() if w > 0]
+    if not voters:
+        return np.zeros(len(scored.items), dtype=np.float32)
+    votes = np.zeros(len(scored.items), dtype=np.float32)
+    for name in voters:
+        values = scored.normalised[name]
+        if not np.any(values):
+            continue
+        best = np.argsort(-values, kind="stable")[:top]
+        votes[best[values[best] > 0]] += 1.0
+    return votes / len(voters)
+
+
+def _history_factor(reader: Reader) -> float:
+    """0.3 for no history, rising linearly to 1 at 20 books."""
+    return 0.3 + 0.7 * min(1.0, reader.history / HISTORY_FOR_FULL_CONFIDENCE)
+
+
+def _contributions(scored: _Scored, position: int) -> list[Contribution]:
+    return [
+        Contribution(
+            model=name,
+            score=float(values[position]),
+            weight=float(scored.weights.get(name, 0.0)),
+            contribution=float(scored.weights.get(name, 0.0) * values[position]),
+        )
+        for name, values in sorted(scored.normalised.items())
+    ]
+
+
+def _strategy_reason(reader: Reader) -> str:
+    session = len(reader.session)
+    if reader.history:
+        text = f"personalised from {reader.history} books of reading history"
+    else:
+        text = "unknown reader: popular books"
+    if session:
+        text += f" and {session} session books"
+    return text
+
+
+def _meta(bundle: ServingBundle, row: int) -> tuple[str, str, int]:
+    catalogue = bundle.catalogue
+    return catalogue.titles[row], catalogue.authors[row], int(catalogue.years[row])
+
+
+def _title(bundle: ServingBundle, row: int) -> str:
+    return bundle.catalogue.titles[row] or str(bundle.catalogue.item_ids[row])
+
+
+def _item(
+    bundle: ServingBundle,
+    row: int,
+    score: float,
+    confidence: float,
+    reason: str,
+    source: Source,
+    already_seen: bool,
+) -> Item:
+    title, author, year = _meta(bundle, row)
+    return Item(
+        book_id=str(bundle.catalogue.item_ids[row]),
+        title=title,
+        author=author,
+        year=year,
+        score=score,
+        confidence=min(1.0, max(0.0, confidence)),
+        reason=reason,
+        source=source,
+        already_seen=already_seen,
+    )
