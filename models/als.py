@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, load_array, top_k
+from bookverse.models.base import UserProfile, clean_history, load_array, top_k
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class ALS:
         """
         state = self._fitted()
         item_factors = state.item_factors
-        items, weights = _history(items, weights, len(item_factors))
+        items, weights = clean_history(items, weights, len(item_factors))
         if len(items) == 0:
             return np.zeros(item_factors.shape[1], dtype=np.float32)
 
@@ -362,22 +362,3 @@ class ALS:
             )
         model._set_factors(user_factors, item_factors, index)
         return model
-
-
-def _history(
-    items: np.ndarray, weights: np.ndarray, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Items and weights of a history with bad weights dropped, range-checked."""
-    items = np.asarray(items, dtype=np.int64)
-    weights = np.asarray(weights, dtype=np.float64)
-    if items.shape != weights.shape:
-        raise ValueError(
-            f"profile.weights must have the shape of profile.items {items.shape}, "
-            f"got {weights.shape}"
-        )
-    if len(items) and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(
-            f"profile.items must be in [0, {n_items}), got {items.min()}..{items.max()}"
-        )
-    keep = np.isfinite(weights) & (weights >= 0)
-    return items[keep], weights[keep]

@@ -83,6 +83,38 @@ class Model(Protocol):
         ...
 
 
+def clean_history(
+    items: np.ndarray,
+    weights: np.ndarray,
+    n_items: int,
+    dtype: type[np.floating[Any]] = np.float64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A reader's history, range-checked, with unusable weights dropped.
+
+    Returns ``items`` as int64 and ``weights`` as ``dtype``, keeping only the
+    entries whose weight is finite and non-negative.
+
+    Raises
+    ------
+    ValueError
+        ``weights`` and ``items`` differ in shape, or an item index lies
+        outside ``[0, n_items)``.
+    """
+    items = np.asarray(items, dtype=np.int64)
+    weights = np.asarray(weights, dtype=dtype)
+    if items.shape != weights.shape:
+        raise ValueError(
+            f"profile.weights must have the shape of profile.items {items.shape}, "
+            f"got {weights.shape}"
+        )
+    if len(items) and (items.min() < 0 or items.max() >= n_items):
+        raise ValueError(
+            f"profile.items must be in [0, {n_items}), got {items.min()}..{items.max()}"
+        )
+    keep = np.isfinite(weights) & (weights >= 0)
+    return items[keep], weights[keep]
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest scores, best first; ties by lower index."""
     k = min(k, len(scores))

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, load_array
+from bookverse.models.base import UserProfile, clean_history, load_array
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class BPR:
             If the shapes differ or an item index is outside ``[0, n_items)``.
         """
         _, item_factors = self._fitted()
-        items, weights = _history(items, weights, len(item_factors))
+        items, weights = clean_history(items, weights, len(item_factors))
         vector = np.zeros(item_factors.shape[1], dtype=np.float64)
         total = weights.sum(dtype=np.float64)
         if total > 0:
@@ -254,22 +254,3 @@ class BPR:
                 )
         model.user_factors, model.item_factors = user_factors, item_factors
         return model
-
-
-def _history(
-    items: np.ndarray, weights: np.ndarray, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Items and weights of a history, range-checked, bad weights dropped."""
-    items = np.asarray(items, dtype=np.int64)
-    weights = np.asarray(weights, dtype=np.float64)
-    if items.shape != weights.shape:
-        raise ValueError(
-            f"profile.weights must have the shape of profile.items {items.shape}, "
-            f"got {weights.shape}"
-        )
-    if len(items) and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(
-            f"profile.items must be in [0, {n_items}), got {items.min()}..{items.max()}"
-        )
-    keep = np.isfinite(weights) & (weights >= 0)
-    return items[keep], weights[keep]

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, top_k
+from bookverse.models.base import UserProfile, clean_history, top_k
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,9 @@ class ContentTFIDF:
             If a history item is outside ``[0, n_items)``.
         """
         tfidf = self._fitted()
-        history, weights = _history(profile, tfidf.shape[0])
+        history, weights = clean_history(
+            profile.items, profile.weights, tfidf.shape[0], np.float32
+        )
         scores = self._profile_scores(history, weights)
         if items is None:
             return scores
@@ -175,7 +177,9 @@ class ContentTFIDF:
         tfidf = self._fitted()
         seeds = np.asarray(items, dtype=np.int64)
         profile = UserProfile(None, seeds, np.ones(len(seeds), dtype=np.float32))
-        seeds, weights = _history(profile, tfidf.shape[0])
+        seeds, weights = clean_history(
+            profile.items, profile.weights, tfidf.shape[0], np.float32
+        )
         scores = self._profile_scores(seeds, weights)
         scores[seeds] = 0.0
         best = top_k(scores, k)
@@ -212,20 +216,3 @@ class ContentTFIDF:
             raise ValueError(f"{path.name}: matrix must be finite")
         model.tfidf_ = matrix
         return model
-
-
-def _history(profile: UserProfile, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """History items and float32 weights, range-checked; bad weights dropped."""
-    items = np.asarray(profile.items, dtype=np.int64)
-    weights = np.asarray(profile.weights, dtype=np.float32)
-    if items.shape != weights.shape:
-        raise ValueError(
-            f"profile.weights must have the shape of profile.items {items.shape}, "
-            f"got {weights.shape}"
-        )
-    if len(items) and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(
-            f"profile.items must be in [0, {n_items}), got {items.min()}..{items.max()}"
-        )
-    keep = np.isfinite(weights) & (weights >= 0)
-    return items[keep], weights[keep]

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, load_array, top_k
+from bookverse.models.base import UserProfile, clean_history, load_array, top_k
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,9 @@ class EASE:
             item index is outside ``[0, n_items)``.
         """
         weights, item_rows = self._fitted()
-        items, strengths = _history(profile.items, profile.weights, len(item_rows))
+        items, strengths = clean_history(
+            profile.items, profile.weights, len(item_rows), np.float32
+        )
         rows = item_rows[items]
         keep = rows >= 0
         row = np.zeros(len(weights), dtype=np.float32)
@@ -222,22 +224,3 @@ class EASE:
             )
         model.weights_, model.item_rows_ = weights, item_rows.astype(np.int64)
         return model
-
-
-def _history(
-    items: np.ndarray, weights: np.ndarray, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Items and float32 weights of a history, range-checked, bad weights dropped."""
-    items = np.asarray(items, dtype=np.int64)
-    weights = np.asarray(weights, dtype=np.float32)
-    if items.shape != weights.shape:
-        raise ValueError(
-            f"profile.weights must have the shape of profile.items {items.shape}, "
-            f"got {weights.shape}"
-        )
-    if len(items) and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(
-            f"profile.items must be in [0, {n_items}), got {items.min()}..{items.max()}"
-        )
-    keep = np.isfinite(weights) & (weights >= 0)
-    return items[keep], weights[keep]

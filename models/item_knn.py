@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, top_k
+from bookverse.models.base import UserProfile, clean_history, top_k
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,9 @@ class ItemKNN:
             If a history item is outside ``[0, n_items)``.
         """
         similarity = self._fitted()
-        history, weights = _history(profile, similarity.shape[0])
+        history, weights = clean_history(
+            profile.items, profile.weights, similarity.shape[0], np.float32
+        )
         scores = self._history_scores(history, weights)
         if items is None:
             return scores
@@ -162,9 +164,7 @@ class ItemKNN:
         seeds = np.asarray(items, dtype=np.int64)
         if weights is None:
             weights = np.ones(len(seeds), dtype=np.float32)
-        seeds, weights = _history(
-            UserProfile(None, seeds, weights), similarity.shape[0]
-        )
+        seeds, weights = clean_history(seeds, weights, similarity.shape[0], np.float32)
         scores = self._history_scores(seeds, weights)
         scores[seeds] = 0.0
         best = top_k(scores, k)
@@ -188,7 +188,9 @@ class ItemKNN:
         similarity = self._fitted()
         if not 0 <= item < similarity.shape[0]:
             raise ValueError(f"item must be in [0, {similarity.shape[0]}), got {item}")
-        history, weights = _history(profile, similarity.shape[0])
+        history, weights = clean_history(
+            profile.items, profile.weights, similarity.shape[0], np.float32
+        )
         if len(history) == 0:
             return None
         terms = np.asarray(similarity[history, item].toarray()).ravel() * weights
@@ -229,20 +231,3 @@ def _load_csr(path: Path) -> sp.csr_matrix:
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path.name}: cannot read sparse matrix ({exc})") from exc
     return sp.csr_matrix(matrix, dtype=np.float32)
-
-
-def _history(profile: UserProfile, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """History items and float32 weights, range-checked; bad weights dropped."""
-    items = np.asarray(profile.items, dtype=np.int64)
-    weights = np.asarray(profile.weights, dtype=np.float32)
-    if items.shape != weights.shape:
-        raise ValueError(
-            f"profile.weights must have the shape of profile.items {items.shape}, "
-            f"got {weights.shape}"
-        )
-    if len(items) and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(
-            f"profile.items must be in [0, {n_items}), got {items.min()}..{items.max()}"
-        )
-    keep = np.isfinite(weights) & (weights >= 0)
-    return items[keep], weights[keep]

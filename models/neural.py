@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, load_array
+from bookverse.models.base import UserProfile, clean_history, load_array
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ class NeuralCF:
         """
         _, item_embedding = self._fitted()
         assert self.reader_mean is not None and self._mean_user is not None
-        items, weights = _history(items, weights, len(item_embedding))
+        items, weights = clean_history(items, weights, len(item_embedding))
         total = weights.sum(dtype=np.float64)
         if total <= 0:
             return self._mean_user.copy()
@@ -460,22 +460,3 @@ def _training_examples(
 
 def _float32(array: Any) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _history(
-    items: np.ndarray, weights: np.ndarray, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Items and weights of a history, range-checked, bad weights dropped."""
-    items = np.asarray(items, dtype=np.int64)
-    weights = np.asarray(weights, dtype=np.float64)
-    if items.shape != weights.shape:
-        raise ValueError(
-            f"profile.weights must have the shape of profile.items {items.shape}, "
-            f"got {weights.shape}"
-        )
-    if len(items) and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(
-            f"profile.items must be in [0, {n_items}), got {items.min()}..{items.max()}"
-        )
-    keep = np.isfinite(weights) & (weights >= 0)
-    return items[keep], weights[keep]

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, load_array, top_k
+from bookverse.models.base import UserProfile, clean_history, load_array, top_k
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class UserKNN:
             item index is outside ``[0, n_items)``.
         """
         reads, _, _ = self._fitted()
-        items, weights = _history(profile.items, profile.weights, reads.shape[1])
+        items, weights = clean_history(profile.items, profile.weights, reads.shape[1])
         if self.similarity == "pearson":
             rated = weights > 0
             if np.any(rated):
@@ -313,22 +313,3 @@ def _load_csr(path: Path) -> sp.csr_matrix:
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path.name}: cannot read sparse matrix ({exc})") from exc
     return sp.csr_matrix(matrix, dtype=np.float32)
-
-
-def _history(
-    items: np.ndarray, weights: np.ndarray, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Items and weights of a history, range-checked, bad weights dropped."""
-    items = np.asarray(items, dtype=np.int64)
-    weights = np.asarray(weights, dtype=np.float64)
-    if items.shape != weights.shape:
-        raise ValueError(
-            f"profile.weights must have the shape of profile.items {items.shape}, "
-            f"got {weights.shape}"
-        )
-    if len(items) and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(
-            f"profile.items must be in [0, {n_items}), got {items.min()}..{items.max()}"
-        )
-    keep = np.isfinite(weights) & (weights >= 0)
-    return items[keep], weights[keep]
