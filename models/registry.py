@@ -15,13 +15,25 @@ from bookverse.models.base import Model
 from bookverse.models.bpr import BPR
 from bookverse.models.content import ContentTFIDF
 from bookverse.models.ease import EASE
+from bookverse.models.explicit_mf import ExplicitMF
 from bookverse.models.item_knn import ItemKNN
+from bookverse.models.neural import NeuralCF
 from bookverse.models.popularity import Popularity
 from bookverse.models.user_knn import UserKNN
 
 MODEL_CLASSES: dict[str, type[Model]] = {
     cls.name: cls
-    for cls in (Popularity, ALS, ItemKNN, ContentTFIDF, EASE, BPR, UserKNN)
+    for cls in (
+        Popularity,
+        ALS,
+        ItemKNN,
+        ContentTFIDF,
+        EASE,
+        BPR,
+        UserKNN,
+        ExplicitMF,
+        NeuralCF,
+    )
 }
 
 

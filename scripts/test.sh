@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install.sh train dev
+bash scripts/install.sh train neural dev
 export PATH="$PWD/.venv/bin:$PATH"
 
 bookverse-train fetch --data-dir data

@@ -29,7 +29,17 @@ SMALL_PARAMS: dict[str, dict[str, Any]] = {
     "ease": {"regularization": 10.0},
     "bpr": {"factors": 8, "iterations": 20, "num_threads": 1},
     "user_knn": {"k": 10},
+    "explicit_mf": {"factors": 4, "epochs": 5},
+    "neural": {
+        "embedding_dim": 8,
+        "layers": [16, 8],
+        "epochs": 10,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+    },
 }
+# families whose fit needs an optional extra: name -> module it imports
+NEEDS = {"neural": "tensorflow"}
 
 
 def make_dataset(seed: int = 0) -> Dataset:
@@ -42,7 +52,7 @@ def make_dataset(seed: int = 0) -> Dataset:
     rng = np.random.default_rng(seed)
     genres = ("mystery", "romance", "science fiction")
     group_of_item = np.arange(N_ITEMS) % N_GROUPS
-    users, items = [], []
+    users, items, ratings = [], [], []
     for user in range(N_USERS):
         favourite = user % N_GROUPS
         liked = np.flatnonzero(group_of_item == favourite)
@@ -51,6 +61,8 @@ def make_dataset(seed: int = 0) -> Dataset:
         picks += rng.choice(N_ITEMS, size=2, replace=False).tolist()
         users += [user] * len(picks)
         items += picks
+        # liked books rated high, the two random ones low (scale 1-5)
+        ratings += [5.0] * n_liked + [2.0, 2.0]
     n = len(users)
     titles = [f"Book {i} of the {genres[g]}" for i, g in enumerate(group_of_item)]
     authors = [f"Author {i % 7}" for i in range(N_ITEMS)]
@@ -71,7 +83,7 @@ def make_dataset(seed: int = 0) -> Dataset:
         catalogue=catalogue,
         users=np.asarray(users, dtype=np.int32),
         items=np.asarray(items, dtype=np.int32),
-        ratings=np.zeros(n, dtype=np.float32),
+        ratings=np.asarray(ratings, dtype=np.float32),
         timestamps=rng.integers(1_600_000_000, 1_700_000_000, size=n),
         rating_scale=(1.0, 10.0),
         id_scheme="plain",
@@ -85,6 +97,8 @@ def dataset() -> Dataset:
 
 @pytest.fixture(scope="module", params=sorted(MODEL_CLASSES))
 def fitted(request: pytest.FixtureRequest, dataset: Dataset) -> Model:
+    if request.param in NEEDS:
+        pytest.importorskip(NEEDS[request.param])
     return create_model(request.param, SMALL_PARAMS[request.param]).fit(dataset)
 
 
