@@ -15,8 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bookverse.models.bundle import USER_IDS, USER_ITEMS, read_catalogue, read_pointer
+from bookverse.models.bundle import (
+    USER_IDS,
+    USER_ITEMS,
+    BundleError,
+    read_catalogue,
+    read_pointer,
+)
 from bookverse.training import fetch
+from bookverse.training.loaders import DataLoadError
 from bookverse.training.pipeline import LOADERS, TrainOptions, train
 
 logger = logging.getLogger(__name__)
@@ -66,6 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        return _run(args)
+    except (fetch.DataFetchError, DataLoadError, BundleError) as exc:
+        print(f"bookverse-train {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "fetch":
         names = list(FETCHERS) if args.dataset == "all" else [args.dataset]
         for name in names:
