@@ -340,7 +340,9 @@ class Recommender:
         if not call.enough_time("candidates"):
             return self._degraded(bundle, query, reader, excluded, ignored, call)
 
-        allowed = _Allowed(bundle, query.filters, reader.seen, excluded)
+        # the session's own books are what the reader is looking at: never shown
+        hidden = np.union1d(excluded, reader.session)
+        allowed = _Allowed(bundle, query.filters, reader.seen, hidden)
         found = self._sources(bundle, reader, query)
         candidates = _candidates(bundle, found, query, allowed)
         if len(candidates) == 0:
@@ -529,24 +531,35 @@ class Recommender:
             return f"Similar to {_title(bundle, content_anchor[row])}"
         if source is Source.POPULARITY:
             return "Popular with readers"
+        if not reader.history:
+            return "Matches the books you are looking at"
         return "Matches your reading"
 
     def _content_anchors(
         self, bundle: ServingBundle, reader: Reader, rows: np.ndarray
     ) -> dict[int, int]:
-        """For each row, the seed book (of the first few) most like it in text."""
+        """For each row, the seed book (of the first few) most like it in text.
+
+        Returns
+        -------
+        dict of int to int
+            Row -> seed row, for rows with some textual likeness to a seed
+            other than themselves.
+        """
         content = bundle.models.get("content")
         seeds = np.concatenate([reader.session, reader.seeds])[:REASON_SEEDS]
         if content is None or len(seeds) == 0 or len(rows) == 0:
             return {}
+
+        # (n_seeds, n_rows) cosines, a book never its own anchor
+        ones = np.ones(1, np.float32)
         similarity = np.stack(
             [
-                content.score(
-                    UserProfile(None, np.array([seed]), np.ones(1, np.float32)), rows
-                )
-                for seed in seeds
+                content.score(UserProfile(None, seeds[[i]], ones), rows)
+                for i in range(len(seeds))
             ]
         )
+        similarity[seeds[:, None] == rows[None, :]] = 0.0
         best = similarity.argmax(axis=0)
         return {
             int(row): int(seeds[best[i]])
@@ -662,7 +675,9 @@ class Recommender:
         reader = self.resolve(bundle, query.user_id, np.zeros(0, np.int64))
         recommend = RecommendQuery(query.user_id, 10, Filters(), (), query.request_id)
         found = self._sources(bundle, reader, recommend)
-        pool = np.unique(np.concatenate([*found.values(), [row]]).astype(np.int64))
+        allowed = _Allowed(bundle, recommend.filters, reader.seen, reader.session)
+        pool = _candidates(bundle, found, recommend, allowed)
+        pool = np.union1d(pool, np.array([row], dtype=np.int64))
         if not call.enough_time("scoring"):
             raise DeadlineExceeded("deadline too close to explain")
 

@@ -4,6 +4,9 @@ it has been fetched (``conftest.py``)."""
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -132,6 +135,7 @@ def test_unknown_reader_gets_cold_start_shaped_by_the_session(
     )
     assert shaped.strategy == pb.STRATEGY_COLD_START
     assert shaped.ignored_unknown_ids == 1
+    assert session not in {item.book_id for item in shaped.items}
     assert [i.book_id for i in shaped.items] != [i.book_id for i in plain.items]
     assert any(item.source != pb.SOURCE_POPULARITY for item in shaped.items)
 
@@ -309,6 +313,7 @@ def test_explain_names_each_model_part(
         assert part.contribution == pytest.approx(part.weight * part.score)
     total = sum(c.contribution for c in answer.contributions)
     assert answer.score == pytest.approx(total, abs=1e-5)
+    assert answer.score == pytest.approx(top.score, abs=1e-5)
 
 
 def test_explain_accepts_any_isbn_spelling(
@@ -445,3 +450,59 @@ def test_new_bundle_is_served_and_a_broken_one_refused(
         channel.close()
     finally:
         runtime.stop(grace=1.0)
+
+
+def test_client_prints_tables(
+    live_server: LiveServer, published: Published, capsys: pytest.CaptureFixture
+) -> None:
+    from bookverse.server import client
+
+    user = reader_with_history(published, 0)
+    address = ["--address", live_server.address]
+    assert client.main([*address, "health"]) == 0
+    assert client.main([*address, "recommend", user, "--n", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "SERVING" in out
+    assert "personalized" in out and published.version in out
+    assert "title" in out and "reason" in out
+
+    book = str(published.data.dataset.catalogue.item_ids[0])
+    assert client.main([*address, "explain", user, book]) == 0
+    assert client.main([*address, "track", user, book, "--type", "view"]) == 0
+    out = capsys.readouterr().out
+    assert "contribution" in out and "stored" in out
+    assert client.main([*address, "recommend", user, "--n", "500"]) == 1
+    assert "INVALID_ARGUMENT: n:" in capsys.readouterr().err
+
+
+def test_serve_entry_point_stops_cleanly_on_sigterm(
+    published: Published, tmp_path: Path
+) -> None:
+    serve = Path(sys.executable).with_name("bookverse-serve")
+    process = subprocess.Popen(
+        [
+            str(serve),
+            "--artifacts",
+            str(published.root),
+            "--events-db",
+            str(tmp_path / "events.db"),
+            "--port",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if "serving on 127.0.0.1:" in line:
+                break
+        assert published.version in lines[-1]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
