@@ -5,8 +5,9 @@ no gRPC types. One Recommend call runs these stages, each after a look at the
 clock and at the client:
 
 1. **Reader.** A reader known to training starts from the training history
-   (their stored ALS factors are used as is). Their tracked events, read from
-   the interaction store, are merged in; a history that grew this way is
+   (their stored ALS factors are used as is). Their tracked events (the
+   latest :data:`RECENT_EVENTS`), read from the interaction store, are
+   merged in; a history that grew this way is
    scored with ``user_index=None``, so factor models fold it in and the whole
    ranking moves, not only the tracked book. A reader known only from
    tracked events is folded in the same way. A reader with no history at all
@@ -92,7 +93,7 @@ POPULAR_CANDIDATES = 100
 RECENT_SEEDS = 50
 CONTENT_SEEDS = 20
 REASON_SEEDS = 3
-RECENT_EVENTS = 200
+RECENT_EVENTS = 500
 HISTORY_FOR_FULL_CONFIDENCE = 20
 POPULAR_REASON_RANK = 100
 
@@ -620,16 +621,14 @@ class Recommender:
         ignored: int,
         call: _Call,
     ) -> Recommendations:
-        """The fast popularity answer when time runs short before ``call.stage``."""
-        seen = reader.seen if reader is not None else _no_history()[0]
-        allowed = _Allowed(bundle, query.filters, seen, excluded)
-        fallback = self._fallback(
-            bundle,
-            query,
-            reader or _anonymous(query.user_id),
-            allowed,
-            ignored,
-        )
+        """The fast popularity answer when time runs short before ``call.stage``.
+
+        Without a resolved reader, the training history alone (one look-up,
+        no store read) decides what counts as already read.
+        """
+        reader = reader or _training_only(bundle, query.user_id)
+        allowed = _Allowed(bundle, query.filters, reader.seen, excluded)
+        fallback = self._fallback(bundle, query, reader, allowed, ignored)
         logger.warning("deadline near before %s; degraded answer", call.stage)
         return Recommendations(
             items=fallback.items,
@@ -786,9 +785,15 @@ def _no_history() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(0, np.int64), np.zeros(0, np.float32)
 
 
-def _anonymous(user_id: str) -> Reader:
+def _training_only(bundle: ServingBundle, raw_user_id: str) -> Reader:
+    """The reader as training knew them: no events, no session."""
+    user_id = normalize_user_id(raw_user_id)
+    row = bundle.user_index.get(user_id)
+    items, weights = bundle.history(row) if row is not None else _no_history()
+    seen = np.unique(items)
+    profile = UserProfile(row, items, weights)
     none = _no_history()[0]
-    return Reader(user_id, UserProfile.empty(), none, none, 0, False, none)
+    return Reader(user_id, profile, seen, seen, len(seen), row is not None, none)
 
 
 def _book_rows(bundle: ServingBundle, raw_ids: Sequence[str]) -> tuple[np.ndarray, int]:
