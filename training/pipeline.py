@@ -4,7 +4,8 @@
 and its duration printed, so a slow step shows itself:
 
 1. load the data set (``bookverse.training.loaders``) and report bad rows;
-2. prepare it (duplicate pairs dropped, k-core filter, DATA.md protocol);
+2. prepare it (Book-Crossing editions grouped into works, duplicate pairs
+   dropped, k-core filter, DATA.md protocol);
 3. split per reader (80/20, seed 42), fit every model on the training part
    and evaluate it over the whole catalogue; fit the blend's weights on a
    validation split carved out of the training part, never on the test part;
@@ -26,7 +27,7 @@ from typing import Any
 from bookverse.models.base import Model
 from bookverse.models.dataset import Dataset
 from bookverse.models.registry import MODEL_CLASSES
-from bookverse.training import loaders, prepare
+from bookverse.training import loaders, prepare, works
 from bookverse.training.evaluate import (
     evaluate_blend,
     evaluate_model,
@@ -97,7 +98,16 @@ def load_prepared(options: TrainOptions, timer: StepTimer) -> Dataset:
         raw, report = LOADERS[options.dataset](options.data_dir)
         timer.echo(report.summary())
     with timer.step("prepare"):
-        data = prepare.drop_duplicate_pairs(raw)
+        data = raw
+        if options.dataset == "bookcrossing":
+            # editions of one book become one work; the edition -> work ids
+            # travel in extras[works.WORK_ALIASES_KEY] for the bundle
+            data, work_map = works.group_works(raw)
+            timer.echo(
+                f"   {work_map.n_grouped_editions} editions grouped into "
+                f"{work_map.n_grouped_works} works"
+            )
+        data = prepare.drop_duplicate_pairs(data)
         if options.max_users is not None:
             data = prepare.first_users(data, options.max_users)
         data = prepare.kcore(data, options.min_interactions, options.min_interactions)
