@@ -111,7 +111,8 @@ def synthetic_dataset(
     for reader in range(n_readers):
         liked = np.flatnonzero(genre_of == reader % len(GENRES))
         weights = appeal[liked] / appeal[liked].sum()
-        picks = rng.choice(liked, size=rng.integers(5, 15), replace=False, p=weights)
+        size = min(int(rng.integers(5, 15)), len(liked))
+        picks = rng.choice(liked, size=size, replace=False, p=weights)
         extra = rng.choice(n_books, size=2, replace=False)
         chosen = np.unique(np.concatenate([picks, extra]))
         users += [reader] * len(chosen)

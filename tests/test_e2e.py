@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +15,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import LiveServer, Published, publish_bundle, server_config
+from conftest import (
+    LiveServer,
+    Published,
+    fit_models,
+    publish_bundle,
+    server_config,
+    synthetic_dataset,
+)
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -24,6 +32,7 @@ from bookverse.models.ids import normalize_book_id
 from bookverse.recommendations.v1 import recommendations_pb2 as pb
 from bookverse.recommendations.v1 import recommendations_pb2_grpc as pb_grpc
 from bookverse.server.app import SERVICE_NAME, create_server
+from bookverse.server.interactions import TrackResult
 
 pytestmark = pytest.mark.e2e
 
@@ -506,3 +515,116 @@ def test_serve_entry_point_stops_cleanly_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+class BlockingEvents:
+    """An interaction store whose writes wait until released (load tests)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def track(self, event: object, timeout: float | None = None) -> TrackResult:
+        self.entered.set()
+        self.release.wait(10)
+        return TrackResult(1, False, time.time())
+
+    def recent(self, user_id: str, limit: int = 200) -> list:
+        return []
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_calls_over_the_limit_are_refused_at_once_and_counted(
+    published: Published, tmp_path: Path
+) -> None:
+    events = BlockingEvents()
+    config = server_config(
+        published.root,
+        tmp_path / "unused.db",
+        max_concurrent_rpcs=1,
+        worker_threads=4,
+        metrics_port=None,
+    )
+    server, port, runtime = create_server(config, store=events)  # type: ignore[arg-type]
+    server.start()
+    runtime.start()
+    try:
+        assert runtime.wait_until_serving(timeout=30)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        book = str(published.data.dataset.catalogue.item_ids[0])
+        slow = stub.TrackInteraction.future(
+            pb.TrackInteractionRequest(user_id="u", book_id=book, type=1),
+            timeout=TIMEOUT,
+        )
+        assert events.entered.wait(5)
+
+        started = time.monotonic()
+        error = rpc_error(stub.Recommend, pb.RecommendRequest(user_id="u"))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - started < 2.0
+
+        events.release.set()
+        assert slow.result().acknowledged
+        rejected = runtime.metrics.rejected_overload._value.get()
+        assert rejected == 1
+        handled = runtime.metrics.handled.labels(
+            "UNARY", SERVICE_NAME, "Recommend", "RESOURCE_EXHAUSTED"
+        )._value.get()
+        assert handled == 1
+        assert stub.Recommend(pb.RecommendRequest(user_id="u"), timeout=TIMEOUT)
+        channel.close()
+    finally:
+        events.release.set()
+        runtime.stop(grace=1.0)
+
+
+def test_not_serving_until_a_bundle_is_published(
+    small_bundle_source: tuple, tmp_path: Path
+) -> None:
+    dataset, models = small_bundle_source
+    root = tmp_path / "artifacts"
+    config = server_config(root, tmp_path / "events.db", metrics_port=None)
+    server, port, runtime = create_server(config)
+    server.start()
+    runtime.start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        assert health.Check(check).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        error = rpc_error(stub.Recommend, pb.RecommendRequest(user_id="u"))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+        publish_bundle(root, dataset, models)
+        assert runtime.wait_until_serving(timeout=30)
+        assert health.Check(check).status == health_pb2.HealthCheckResponse.SERVING
+        assert stub.Recommend(pb.RecommendRequest(user_id="u"), timeout=TIMEOUT)
+        channel.close()
+    finally:
+        runtime.stop(grace=1.0)
+    assert runtime.health.Check(check, None).status == (
+        health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+
+
+@pytest.fixture(scope="module")
+def small_bundle_source() -> tuple:
+    dataset = synthetic_dataset(n_books=80, n_readers=100, seed=5)
+    return dataset, fit_models(dataset)
+
+
+def test_the_server_imports_no_training_stack() -> None:
+    code = (
+        "import sys, bookverse.server.app, bookverse.server.client; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'implicit', 'sklearn', 'pandas') "
+        "or m.startswith('bookverse.training')]; print(bad); sys.exit(bool(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

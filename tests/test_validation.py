@@ -1,12 +1,26 @@
-"""Request validation: every rule, the field it names, and no echo of input."""
+"""Request validation (every rule, the field it names, no echo of input), the
+mapping of errors to status codes, and the configuration's rules."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bookverse.recommendations.v1 import recommendations_pb2 as pb
-from bookverse.server.errors import InvalidArgument
+from bookverse.server.app import config_from, parse_args
+from bookverse.server.config import ConfigError, from_env
+from bookverse.server.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    Overloaded,
+    Unavailable,
+    status_for,
+)
 from bookverse.server.validation import (
     DEFAULT_N,
     FUTURE_TOLERANCE_S,
@@ -195,3 +209,81 @@ def test_client_event_id_rules() -> None:
     for bad in ("k" * 129, "tab\tkey", "\u00e9t\u00e9"):
         request = track(client_event_id=bad)
         assert refused(validate_track, request, SCALE, NOW).field == "client_event_id"
+
+
+# error mapping at the edge
+
+
+def test_domain_errors_map_to_their_status_codes() -> None:
+    cases = [
+        (InvalidArgument("n", "must be in 0..100"), grpc.StatusCode.INVALID_ARGUMENT),
+        (NotFound("book_id", "not in the catalogue"), grpc.StatusCode.NOT_FOUND),
+        (Unavailable("no model"), grpc.StatusCode.UNAVAILABLE),
+        (Overloaded("busy"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (DeadlineExceeded("late"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (Cancelled("gone"), grpc.StatusCode.CANCELLED),
+    ]
+    for error, code in cases:
+        assert status_for(error, "req-1") == (code, str(error))
+
+
+def test_unexpected_errors_are_internal_and_say_nothing_inside(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    try:
+        raise KeyError("/srv/secret/path.npy")
+    except KeyError as error:
+        code, message = status_for(error, "req-42")
+    assert code == grpc.StatusCode.INTERNAL
+    assert message == "internal error (request id req-42)"
+    assert "req-42" in caplog.text and "Traceback" in caplog.text
+
+
+# configuration
+
+
+def test_config_reads_the_environment_once_into_types() -> None:
+    config = from_env(
+        {
+            "BOOKVERSE_ARTIFACTS": "/srv/artifacts",
+            "BOOKVERSE_PORT": "0",
+            "BOOKVERSE_METRICS_PORT": "9464",
+            "BOOKVERSE_RELOAD_INTERVAL_S": "2.5",
+            "BOOKVERSE_EXPERIMENT_VARIANT": "b",
+            "BOOKVERSE_EXPERIMENT_WEIGHTS": "als=0.6, item_knn=0.4",
+            "UNRELATED": "x",
+        }
+    )
+    assert config.artifacts == Path("/srv/artifacts")
+    assert config.port == 0 and config.metrics_port == 9464
+    assert config.host == "127.0.0.1" and config.metrics_host == "127.0.0.1"
+    assert config.reload_interval_s == 2.5
+    assert config.experiment.variant == "b"
+    weights = config.experiment.blend_weights({"als": 0.2, "content": 0.1})
+    assert weights == {"als": 0.6, "item_knn": 0.4, "content": 0.1}
+    assert from_env({}).metrics_port is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BOOKVERSE_PORT", "70000"),
+        ("BOOKVERSE_PORT", "eighty"),
+        ("BOOKVERSE_WORKER_THREADS", "0"),
+        ("BOOKVERSE_RELOAD_INTERVAL_S", "0"),
+        ("BOOKVERSE_DEADLINE_MARGIN_S", "nan"),
+        ("BOOKVERSE_EXPERIMENT_WEIGHTS", "als=-1"),
+        ("BOOKVERSE_EXPERIMENT_WEIGHTS", "als"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_env({variable: value})
+    field = variable.removeprefix("BOOKVERSE_").lower()
+    assert variable in str(caught.value) or field in str(caught.value)
+
+
+def test_command_line_flags_override_the_environment() -> None:
+    args = parse_args(["--port", "0", "--host", "::1", "--metrics-port", "0"])
+    config = config_from(args, {"BOOKVERSE_PORT": "6000", "BOOKVERSE_HOST": "x"})
+    assert (config.host, config.port, config.metrics_port) == ("::1", 0, 0)
