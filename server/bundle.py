@@ -48,7 +48,7 @@ from bookverse.models.bundle import (
     verify_checksums,
 )
 from bookverse.models.dataset import Catalogue
-from bookverse.models.ids import ID_SCHEMES, IdScheme
+from bookverse.models.ids import ID_SCHEMES, IdScheme, normalize_book_id
 from bookverse.models.registry import load_model
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,11 @@ class ServingBundle:
         Training readers of each book; 0 means unknown to the models.
     popular_order : (n_items,) int64
         Every item, most popular first (the fallback ranking).
-    author_keys : (n_items,) object
+    author_keys : (n_items,) str
         Case-folded author of each item ("" where unknown).
+    aliases : dict of str to str
+        Canonical id of an edition merged into a work -> the work's id in the
+        catalogue (empty when the bundle groups no editions).
     """
 
     version: str
@@ -100,6 +103,7 @@ class ServingBundle:
     readers_per_item: np.ndarray
     popular_order: np.ndarray
     author_keys: np.ndarray
+    aliases: dict[str, str]
     folder: Path | None = None
 
     @property
@@ -109,6 +113,19 @@ class ServingBundle:
     @property
     def n_users(self) -> int:
         return int(self.user_items.shape[0])
+
+    def canonical_book(self, raw: str) -> str:
+        """The catalogue id a client's spelling of a book id stands for.
+
+        Normalised under the bundle's id scheme, then an edition merged into a
+        work resolves to the work's id. May be empty (nothing id-like left).
+        """
+        canonical = normalize_book_id(raw, self.id_scheme)
+        return self.aliases.get(canonical, canonical)
+
+    def book_row(self, canonical: str) -> int | None:
+        """The catalogue row of a canonical (or aliased) book id, if any."""
+        return self.book_index.get(self.aliases.get(canonical, canonical))
 
     def history(self, user: int) -> tuple[np.ndarray, np.ndarray]:
         """A training reader's items (int64) and weights (float32), by row."""
@@ -129,6 +146,7 @@ class ServingBundle:
         weights: Mapping[str, float],
         id_scheme: IdScheme,
         rating_scale: tuple[float, float],
+        aliases: Mapping[str, str] | None = None,
         folder: Path | None = None,
     ) -> ServingBundle:
         """Assemble a bundle from loaded pieces and derive its look-up tables.
@@ -160,6 +178,7 @@ class ServingBundle:
             readers_per_item=readers,
             popular_order=_popular_order(models, readers),
             author_keys=np.array([a.strip().casefold() for a in catalogue.authors]),
+            aliases=dict(aliases or {}),
             folder=folder,
         )
 

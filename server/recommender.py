@@ -64,7 +64,7 @@ import numpy as np
 
 from bookverse.models.base import UserProfile
 from bookverse.models.hybrid import WeightedBlend
-from bookverse.models.ids import normalize_book_id, normalize_user_id
+from bookverse.models.ids import normalize_user_id
 from bookverse.server.bundle import ServingBundle
 from bookverse.server.config import ExperimentConfig
 from bookverse.server.errors import Cancelled, DeadlineExceeded, NotFound
@@ -432,7 +432,7 @@ class Recommender:
             return (*_no_history(), True)
         rows, weights = [], []
         for event in events:
-            row = bundle.book_index.get(event.book_id)
+            row = bundle.book_row(event.book_id)
             if row is not None:
                 rows.append(row)
                 weights.append(KIND_WEIGHTS.get(event.kind, 1.0))
@@ -666,7 +666,7 @@ class Recommender:
             If the client went away.
         """
         call = _Call(deadline, self.deadline_margin_s, cancelled)
-        row = bundle.book_index.get(normalize_book_id(query.book_id, bundle.id_scheme))
+        row = bundle.book_row(bundle.canonical_book(query.book_id))
         if row is None:
             raise NotFound("book_id", "not in the catalogue")
         if not call.enough_time("reader"):
@@ -801,7 +801,7 @@ def _book_rows(bundle: ServingBundle, raw_ids: Sequence[str]) -> tuple[np.ndarra
     rows: list[int] = []
     unknown = 0
     for raw in raw_ids:
-        row = bundle.book_index.get(normalize_book_id(raw, bundle.id_scheme))
+        row = bundle.book_row(bundle.canonical_book(raw))
         if row is None:
             unknown += 1
         elif row not in rows:

@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from bookverse.models.ids import normalize_book_id, normalize_user_id
+from bookverse.models.ids import normalize_user_id
 from bookverse.recommendations.v1 import recommendations_pb2 as pb
 from bookverse.recommendations.v1 import recommendations_pb2_grpc as pb_grpc
 from bookverse.server.bundle import ServingBundle
@@ -156,7 +156,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
     ) -> pb.TrackInteractionResponse:
         bundle = self.bundles.current()
         query = validate_track(request, bundle.rating_scale, self.clock())
-        book_id = normalize_book_id(query.book_id, bundle.id_scheme)
+        book_id = bundle.canonical_book(query.book_id)
         if not book_id:
             raise InvalidArgument("book_id", "must contain letters or digits")
         event = Interaction(
@@ -172,7 +172,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         self.metrics.interactions_tracked.labels(
             kind=query.kind, duplicate=str(result.duplicate).lower()
         ).inc()
-        row = bundle.book_index.get(book_id)
+        row = bundle.book_row(book_id)
         received = Timestamp()
         received.FromNanoseconds(int(result.received_time * 1e9))
         return pb.TrackInteractionResponse(

@@ -368,3 +368,16 @@ def test_explain_book_unknown_to_the_models(dataset: Dataset) -> None:
     answer = recommender().explain(fresh, ExplainQuery("1000", book, "t"))
     assert not answer.known_to_model
     assert any("No reader" in reason for reason in answer.reasons)
+
+
+def test_an_edition_merged_into_a_work_resolves_to_it(
+    bundle: ServingBundle, dataset: Dataset
+) -> None:
+    work = str(dataset.catalogue.item_ids[4])
+    edition = "9780000000019"  # ISBN-10 0-00-000001-X, not in the catalogue
+    aliased = replace(bundle, aliases={edition: work})
+    answer = recommender().explain(aliased, ExplainQuery("1000", "0-00-000001-X", "t"))
+    assert answer.book_id == work
+    shaped = recommender().recommend(aliased, query("stranger", session=[edition]))
+    assert shaped.ignored_unknown_ids == 0
+    assert work not in {item.book_id for item in shaped.items}
