@@ -62,7 +62,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from bookverse.models.base import UserProfile
+from bookverse.models.base import Model, UserProfile
 from bookverse.models.hybrid import WeightedBlend
 from bookverse.models.ids import normalize_user_id
 from bookverse.server.bundle import ServingBundle
@@ -553,13 +553,7 @@ class Recommender:
             return {}
 
         # (n_seeds, n_rows) cosines, a book never its own anchor
-        ones = np.ones(1, np.float32)
-        similarity = np.stack(
-            [
-                content.score(UserProfile(None, seeds[[i]], ones), rows)
-                for i in range(len(seeds))
-            ]
-        )
+        similarity = _text_cosines(content, seeds, rows)
         similarity[seeds[:, None] == rows[None, :]] = 0.0
         best = similarity.argmax(axis=0)
         return {
@@ -886,6 +880,26 @@ def _speaking_source(scored: _Scored, position: int, row: int) -> Source:
         if part > best_part:
             best, best_part = source, part
     return best
+
+
+def _text_cosines(content: Model, seeds: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(seeds), len(rows)) cosines of the books' text.
+
+    Straight from the unit-norm TF-IDF rows (``tfidf_``) when the model
+    exposes them; otherwise one whole-catalogue ``score`` per seed.
+    """
+    tfidf = getattr(content, "tfidf_", None)
+    if tfidf is not None:
+        product = tfidf[seeds] @ tfidf[rows].T
+        dense = product.toarray() if hasattr(product, "toarray") else product
+        return np.asarray(dense, dtype=np.float32)
+    ones = np.ones(1, np.float32)
+    return np.stack(
+        [
+            content.score(UserProfile(None, seeds[[i]], ones), rows)
+            for i in range(len(seeds))
+        ]
+    )
 
 
 def _agreement(scored: _Scored, top: int) -> np.ndarray:
