@@ -140,6 +140,7 @@ def test_bookcrossing_catalogue(bookcrossing) -> None:
     # escaped quotes, latin-1 text, implausible years
     assert catalogue.titles[row[BELOVED]] == 'Beloved "A Novel"'
     assert catalogue.years[row[BELOVED]] == 0
+    assert catalogue.publishers[row[BELOVED]] == "Plume & Co"  # entity decoded
     assert catalogue.titles[row[STRASSE]] == "Die Straße"
     assert catalogue.authors[row[STRASSE]] == "Hans Müller"
     assert catalogue.years[row[isbn("0679425608")]] == 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import html
 import logging
 import time
 from collections import Counter
@@ -566,8 +567,13 @@ def _item_metadata(
 
     # empty values become None, so that merging fills them from a later row
     meta = pd.DataFrame(index=pd.Index(ids.to_numpy(), name="item"))
+    # HTML entities ("Angels &amp; Demons") are decoded into plain text
     for key in ("title", "author", "publisher"):
-        text = frame[columns[key]].str.strip() if key in columns else None
+        text = (
+            frame[columns[key]].map(html.unescape, na_action="ignore").str.strip()
+            if key in columns
+            else None
+        )
         meta[key] = None if text is None else text.replace("", None).to_numpy(object)
     years = _years(frame[columns["year"]], name, report) if "year" in columns else 0
     meta["year"] = pd.Series(years, index=frame.index).replace(0, None).to_numpy()
