@@ -4,15 +4,20 @@
 ``bookverse.training.publish`` and checks, in this order, that
 
 1. the manifest parses and its version is the folder's name;
-2. every listed file has its recorded size and sha256;
-3. every array has the shape the manifest records, and the counts agree
+2. the libraries it was written with are compatible with the installed ones
+   (:data:`CHECKED_LIBRARIES`: same major version; a library the manifest
+   does not name, or one not installed here, is not compared), and the
+   meta-ranker's feature list, when the manifest has one, is a list of
+   distinct names that agrees with the ranker model's own ``features``;
+3. every listed file has its recorded size and sha256;
+4. every array has the shape the manifest records, and the counts agree
    everywhere: ``dataset.n_items`` = ``item_ids.npy`` = ``catalogue.json`` =
    columns of ``user_items.npz`` = rows of every per-book model array
    (factors, embeddings, biases, similarity, TF-IDF, popularity), and
    ``dataset.n_users`` = ``user_ids.npy`` = rows of ``user_items.npz`` = rows
    of every per-reader model array (recognised by the families' file names);
-4. every floating-point array and sparse matrix holds finite numbers only;
-5. every model named by the manifest loads through the registry, and a
+5. every floating-point array and sparse matrix holds finite numbers only;
+6. every model named by the manifest loads through the registry, and a
    warm-up query (the first and the last training reader, a folded-in
    reader and an empty one, whole catalogue and a few items) gives finite
    scores of length ``n_items`` from each, which also proves that every
@@ -27,9 +32,11 @@ share their pages; ``user_items.npz`` is compressed and read into memory.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +61,18 @@ from bookverse.models.registry import load_model
 logger = logging.getLogger(__name__)
 
 _WARMUP_ITEMS = 16
+
+CHECKED_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "numpy": ("numpy",),
+    "faiss-cpu": ("faiss-cpu", "faiss"),
+    "xgboost-cpu": ("xgboost-cpu", "xgboost"),
+    "xgboost": ("xgboost", "xgboost-cpu"),
+}
+"""Manifest ``libraries`` key -> installed distributions that stand for it.
+
+These write the files the server reads (``.npy``, FAISS index, XGBoost JSON);
+a file written under another major version may not read back the same, so
+such a bundle is refused. Minor and patch versions may differ."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +226,8 @@ class ServingBundle:
                 f"manifest.json: version {manifest.version!r} differs from "
                 f"its folder name {folder.name!r}"
             )
+        _check_libraries(manifest)
+        _check_ranker_features(manifest)
         verify_checksums(manifest)
         _check_arrays(manifest, _counts(manifest))
 
@@ -231,6 +252,81 @@ class ServingBundle:
             time.perf_counter() - started,
         )
         return bundle
+
+
+def _major(version: str) -> int | None:
+    """The leading number of a version string ("2.1.3" -> 2), if it has one."""
+    found = re.match(r"\s*(\d+)", version)
+    return int(found.group(1)) if found else None
+
+
+def _installed(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _check_libraries(manifest: Manifest) -> None:
+    """Each checked library the manifest names has the installed major version.
+
+    Raises
+    ------
+    BundleError
+        If ``libraries`` is not an object, a version is unreadable, or a
+        major version differs from the installed one.
+    """
+    libraries = manifest.data.get("libraries", {})
+    if not isinstance(libraries, dict):
+        raise BundleError("manifest.json: libraries must be an object")
+    for key, distributions in CHECKED_LIBRARIES.items():
+        if key not in libraries:
+            continue
+        installed = _installed(distributions)
+        if installed is None:
+            continue
+        wanted = _major(str(libraries[key]))
+        if wanted is None:
+            raise BundleError(f"manifest.json: libraries.{key} has no version number")
+        if wanted != _major(installed):
+            raise BundleError(
+                f"manifest.json: written with {key} major version {wanted}, "
+                f"installed is {installed}; the major versions must agree"
+            )
+
+
+def _check_ranker_features(manifest: Manifest) -> None:
+    """The manifest's ranker feature list is sound and agrees with the model's.
+
+    Raises
+    ------
+    BundleError
+        If ``ranker.features`` is not a non-empty list of distinct names, or a
+        model's ``params.features`` differs from it.
+    """
+    ranker = manifest.data.get("ranker")
+    if ranker is None:
+        return
+    features = ranker.get("features") if isinstance(ranker, dict) else None
+    if (
+        not isinstance(features, list)
+        or not features
+        or not all(isinstance(f, str) and f for f in features)
+        or len(set(features)) != len(features)
+    ):
+        raise BundleError(
+            "manifest.json: ranker.features must be a non-empty list of "
+            "distinct feature names"
+        )
+    for name, spec in sorted(manifest.models.items()):
+        params = spec.get("params", {}) if isinstance(spec, dict) else {}
+        own = params.get("features") if isinstance(params, dict) else None
+        if own is not None and list(own) != features:
+            raise BundleError(
+                f"{name}/: params.features differ from manifest ranker.features"
+            )
 
 
 def _counts(manifest: Manifest) -> tuple[int, int]:
