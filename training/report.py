@@ -1,0 +1,642 @@
+"""One evaluation of every model on one split, as a Markdown table and a chart.
+
+``run_report`` is what ``bookverse-train evaluate`` runs. On the prepared
+data set (as the training run prepares it) and one per-reader split (80/20,
+``seed``), it fits and scores, over the whole catalogue:
+
+- every model family of ``models.registry`` (and the neural one when
+  TensorFlow can be imported), with the training run's parameters;
+- the ``implicit`` library's ALS and BPR built with that library's defaults,
+  untuned, as references;
+- the weighted blend (weights fitted on a validation split of the training
+  part), and the XGBoost meta-ranker (``training.ranker.fit_meta_ranker``);
+  each one plain and re-ranked by maximal marginal relevance
+  (``models.rerank.mmr``).
+
+The re-ranking's diversity ``lambda`` and similarity threshold are chosen on
+the validation split (never the test part): among the settings whose
+catalogue coverage is at least ``COVERAGE_GAIN`` times the plain blend's
+while keeping ``NDCG_KEPT`` of its nDCG@k, the one with the best nDCG@k
+(failing that, the one with the best coverage within the nDCG bound).
+Similarity, for the re-ranking and for intra-list diversity, is the cosine of
+the ALS item factors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from bookverse.models.als import ALS
+from bookverse.models.base import Model
+from bookverse.models.dataset import Dataset
+from bookverse.models.registry import MODEL_CLASSES
+from bookverse.models.rerank import mmr
+from bookverse.training import pipeline
+from bookverse.training.evaluate import (
+    _blend_candidates,
+    _blend_objective,
+    _hits,
+    _top_k_rows,
+    fit_blend_weights,
+)
+from bookverse.training.metrics import (
+    catalogue_coverage,
+    cosine_similarity_fn,
+    gini_index,
+    intra_list_diversity,
+    mean_pairwise_overlap,
+    ranking_metrics,
+)
+from bookverse.training.split import per_user_split
+from bookverse.training.tune import make_model
+
+logger = logging.getLogger(__name__)
+
+COVERAGE_GAIN = 2.0
+NDCG_KEPT = 0.95
+DIVERSITIES = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+THRESHOLDS: tuple[float | None, ...] = (None, 0.5)
+SELECTION_READERS = 2000
+POOL = 100
+BATCH = 512
+
+MODEL_PARAMS: dict[str, dict[str, Any]] = {
+    **{name: {} for name in MODEL_CLASSES},
+    **pipeline.DEFAULT_MODELS,
+}
+"""Every registered family with the training run's parameters."""
+
+
+@dataclass
+class Lists:
+    """Top-k lists of the readers scored and their hits."""
+
+    top: np.ndarray  # (n_readers, k) int64, -1 for an empty slot
+    hits: np.ndarray  # (n_readers, k) bool
+    n_relevant: np.ndarray  # (n_readers,) int64
+
+
+@dataclass
+class Report:
+    """What one ``run_report`` measured; ``rows`` is model -> metric -> value."""
+
+    dataset: str
+    command: str
+    k: int
+    sizes: dict[str, int]
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    kind: dict[str, str] = field(default_factory=dict)
+    rerank: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# -- lists and their metrics ---------------------------------------------------
+
+
+def _readers(
+    train: Dataset, test: Dataset
+) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+    train_items, test_items = train.user_items(), test.user_items()
+    users = np.flatnonzero(test_items.getnnz(axis=1) > 0).astype(np.int64)
+    return train_items, test_items, users
+
+
+def _batches(users: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, len(users), BATCH):
+        yield users[start : start + BATCH]
+
+
+class Scorer(Protocol):
+    """What ``model_lists`` needs of a model."""
+
+    def score_users(
+        self, user_items: sp.csr_matrix, users: np.ndarray
+    ) -> np.ndarray: ...
+
+
+def model_lists(model: Scorer, train: Dataset, test: Dataset, k: int) -> Lists:
+    """Each test reader's k best unseen books by ``model.score_users``."""
+    train_items, test_items, users = _readers(train, test)
+    tops = []
+    for batch in _batches(users):
+        scores = np.array(model.score_users(train_items, batch), dtype=np.float32)
+        seen = train_items[batch]
+        rows = np.repeat(np.arange(len(batch)), np.diff(seen.indptr))
+        scores[rows, seen.indices] = -np.inf
+        tops.append(_top_k_rows(scores, k))
+    return _finish(np.concatenate(tops), test_items, users)
+
+
+def _finish(top: np.ndarray, test_items: sp.csr_matrix, users: np.ndarray) -> Lists:
+    return Lists(top, _hits(top, test_items[users]), test_items.getnnz(axis=1)[users])
+
+
+def summarise(
+    lists: Lists, n_items: int, similarity: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, float]:
+    """Accuracy at k and the list measures of ``lists``."""
+    result = ranking_metrics(lists.hits, lists.n_relevant)
+    result["coverage"] = catalogue_coverage(lists.top, n_items)
+    result["diversity"] = intra_list_diversity(lists.top, similarity)
+    result["gini"] = gini_index(lists.top, n_items)
+    result["overlap"] = mean_pairwise_overlap(lists.top)
+    return result
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """The MMR setting applied to each reader's scored candidates."""
+
+    embeddings: np.ndarray  # (n_items, d) item vectors
+    diversity: float
+    threshold: float | None
+
+    def apply(self, candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+        """(k,) int64 list (``-1`` padded) re-ranked from one reader's pool."""
+        keep = (candidates >= 0) & np.isfinite(scores)
+        items, relevance = candidates[keep], scores[keep]
+        chosen, _ = mmr(
+            items,
+            relevance,
+            self.embeddings[items],
+            n=k,
+            diversity=self.diversity,
+            similarity_threshold=self.threshold,
+        )
+        return np.pad(chosen, (0, k - len(chosen)), constant_values=-1)
+
+
+def _plain(candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """(k,) the k best candidates by score, ties by lower item."""
+    keep = (candidates >= 0) & np.isfinite(scores)
+    items, values = candidates[keep], scores[keep]
+    order = np.lexsort((items, -values))[:k]
+    return np.pad(items[order], (0, k - len(order)), constant_values=-1)
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Scored candidate pools of many readers (rows padded with -1 / -inf)."""
+
+    users: np.ndarray  # (n,) int64
+    candidates: np.ndarray  # (n, c) int64
+    scores: np.ndarray  # (n, c) float32
+
+    def lists(
+        self, test_items: sp.csr_matrix, k: int, rerank: Rerank | None = None
+    ) -> Lists:
+        order = _plain if rerank is None else rerank.apply
+        top = np.stack(
+            [order(c, s, k) for c, s in zip(self.candidates, self.scores, strict=True)]
+        )
+        return _finish(top.astype(np.int64), test_items, self.users)
+
+
+def blend_pools(
+    models: Mapping[str, Model],
+    weights: Mapping[str, float],
+    train: Dataset,
+    users: np.ndarray,
+) -> Pools:
+    """Blended candidate pools, as ``evaluate.evaluate_blend`` builds them."""
+    train_items = train.user_items()
+    vector = np.array([weights.get(m, 0.0) for m in models], dtype=np.float32)
+    candidates, scores = [], []
+    for batch in _batches(users):
+        pool, normalised = _blend_candidates(models, train_items, batch, POOL)
+        candidates.append(pool)
+        scores.append(_blend_objective(pool, normalised, vector))
+    width = max(c.shape[1] for c in candidates)
+    return Pools(
+        users,
+        np.concatenate([_pad(c, width, -1) for c in candidates]),
+        np.concatenate([_pad(s, width, -np.inf) for s in scores]),
+    )
+
+
+def _pad(array: np.ndarray, width: int, value: float) -> np.ndarray:
+    return np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values=value)
+
+
+# -- the re-ranking setting, chosen on validation ------------------------------
+
+
+def choose_rerank(
+    pools: Pools,
+    valid_items: sp.csr_matrix,
+    embeddings: np.ndarray,
+    n_items: int,
+    k: int,
+) -> dict[str, Any]:
+    """Grid search of (diversity, threshold) on validation pools.
+
+    Returns
+    -------
+    dict
+        ``diversity``, ``threshold``, ``met`` (both targets met), the plain
+        ``base`` (ndcg, coverage) and the ``grid`` of every setting tried.
+    """
+    metric = f"ndcg@{k}"
+    base_lists = pools.lists(valid_items, k)
+    base = ranking_metrics(base_lists.hits, base_lists.n_relevant)[metric]
+    base_cov = catalogue_coverage(base_lists.top, n_items)
+    grid = []
+    for diversity in DIVERSITIES:
+        for threshold in THRESHOLDS:
+            setting = Rerank(embeddings, diversity, threshold)
+            lists = pools.lists(valid_items, k, setting)
+            ndcg = ranking_metrics(lists.hits, lists.n_relevant)[metric]
+            coverage = catalogue_coverage(lists.top, n_items)
+            grid.append(
+                {
+                    "diversity": diversity,
+                    "threshold": threshold,
+                    "ndcg_ratio": ndcg / base,
+                    "coverage_ratio": coverage / base_cov,
+                }
+            )
+            logger.info("mmr validation %s", grid[-1])
+
+    kept = [g for g in grid if g["ndcg_ratio"] >= NDCG_KEPT]
+    met = [g for g in kept if g["coverage_ratio"] >= COVERAGE_GAIN]
+    if met:
+        best = max(met, key=lambda g: g["ndcg_ratio"])
+    else:
+        best = max(kept or grid, key=lambda g: g["coverage_ratio"])
+    return {
+        "diversity": best["diversity"],
+        "threshold": best["threshold"],
+        "met": bool(met),
+        "base": {"ndcg": base, "coverage": base_cov},
+        "grid": grid,
+    }
+
+
+# -- the run --------------------------------------------------------------------
+
+
+def run_report(
+    dataset: str,
+    data_dir: Path,
+    command: str,
+    k: int = 10,
+    seed: int = 42,
+    echo: Callable[[str], None] = print,
+) -> Report:
+    """Fit and evaluate every model, both hybrids and the references on one split.
+
+    Raises
+    ------
+    ValueError
+        If ``dataset`` is not a known data set.
+    """
+    timer = pipeline.StepTimer(echo=echo)
+    options = pipeline.TrainOptions(dataset=dataset, data_dir=data_dir, seed=seed, k=k)
+    data = pipeline.load_prepared(options, timer)
+    train, test = per_user_split(data, options.test_fraction, seed=seed)
+    fit_part, valid = per_user_split(train, options.test_fraction, seed=seed + 1)
+    report = Report(
+        dataset,
+        command,
+        k,
+        {
+            "interactions": data.n_interactions,
+            "readers": data.n_users,
+            "books": data.n_items,
+            "test_readers": int((test.user_items().getnnz(axis=1) > 0).sum()),
+        },
+    )
+
+    # single models, beside the untuned implicit references
+    specs = dict(MODEL_PARAMS)
+    if _tensorflow_available():
+        specs["neural"] = {}
+    else:
+        report.notes.append("neural left out: tensorflow cannot be imported")
+    fitted: dict[str, Model] = {}
+    for name, params in specs.items():
+        with timer.step(f"fit {name}"):
+            fitted[name] = make_model(name, params).fit(train)
+    als = fitted["als"]
+    assert isinstance(als, ALS)
+    embeddings = als.item_factors
+    similarity = cosine_similarity_fn(embeddings)
+    scorers: dict[str, Scorer] = {**fitted, **_references(train, timer)}
+    for name, model in scorers.items():
+        with timer.step(f"evaluate {name}"):
+            lists = model_lists(model, train, test, k)
+            report.rows[name] = summarise(lists, data.n_items, similarity)
+        report.kind[name] = "reference" if name.startswith("implicit") else "model"
+
+    _hybrids(report, fitted, train, test, fit_part, valid, embeddings, timer, seed)
+    report.seconds = dict(timer.durations)
+    return report
+
+
+def _hybrids(
+    report: Report,
+    fitted: Mapping[str, Model],
+    train: Dataset,
+    test: Dataset,
+    fit_part: Dataset,
+    valid: Dataset,
+    embeddings: np.ndarray,
+    timer: pipeline.StepTimer,
+    seed: int,
+) -> None:
+    """Blend and meta-ranker rows, plain and re-ranked."""
+    k, n_items = report.k, train.n_items
+    similarity = cosine_similarity_fn(embeddings)
+    components = pipeline.DEFAULT_MODELS
+    test_items = test.user_items()
+    _, _, test_users = _readers(train, test)
+
+    with timer.step("blend weights and re-ranking setting (validation split)"):
+        valid_models = {
+            n: make_model(n, p).fit(fit_part) for n, p in components.items()
+        }
+        weights = fit_blend_weights(valid_models, fit_part, valid, k=k, seed=seed)
+        valid_als = valid_models["als"]
+        assert isinstance(valid_als, ALS)
+        _, valid_items, valid_users = _readers(fit_part, valid)
+        rng = np.random.default_rng(seed)
+        if len(valid_users) > SELECTION_READERS:
+            valid_users = np.sort(
+                rng.choice(valid_users, SELECTION_READERS, replace=False)
+            )
+        pools = blend_pools(valid_models, weights, fit_part, valid_users)
+        choice = choose_rerank(pools, valid_items, valid_als.item_factors, n_items, k)
+    report.rerank = {"weights": weights, **choice}
+    setting = Rerank(embeddings, choice["diversity"], choice["threshold"])
+
+    with timer.step("evaluate weighted blend, plain and re-ranked"):
+        models = {n: fitted[n] for n in components}
+        pools = blend_pools(models, weights, train, test_users)
+        for name, rerank in (("weighted_blend", None), ("weighted_blend+mmr", setting)):
+            lists = pools.lists(test_items, k, rerank)
+            report.rows[name] = summarise(lists, n_items, similarity)
+            report.kind[name] = "hybrid"
+
+    ranker = _meta_ranker_api()
+    if ranker is None:
+        report.notes.append(
+            "meta-ranker left out: training.ranker.fit_meta_ranker is not available"
+        )
+        return
+    fit_meta_ranker, collect_rows = ranker
+    with timer.step("fit and evaluate meta-ranker, plain and re-ranked"):
+        meta = fit_meta_ranker(
+            components, train, k=k, seed=seed, max_readers=SELECTION_READERS
+        )
+        rows = collect_rows(
+            models,
+            meta.features,
+            meta.base_models,
+            meta.tables_,
+            train,
+            test,
+            test_users,
+            meta.pool,
+        )
+        pools = _ranker_pools(rows, meta.score(rows.features))
+        for name, rerank in (("meta_ranker", None), ("meta_ranker+mmr", setting)):
+            lists = pools.lists(test_items, k, rerank)
+            report.rows[name] = summarise(lists, n_items, similarity)
+            report.kind[name] = "hybrid"
+
+
+def _ranker_pools(rows: Any, scores: np.ndarray) -> Pools:
+    """Pools from the ranker's rows (grouped by reader) and its scores."""
+    width = int(rows.group.max()) if len(rows.group) else 0
+    candidates = np.full((len(rows.group), width), -1, dtype=np.int64)
+    values = np.full((len(rows.group), width), -np.inf, dtype=np.float32)
+    starts = np.concatenate(([0], np.cumsum(rows.group)[:-1]))
+    for reader, (start, size) in enumerate(zip(starts, rows.group, strict=True)):
+        candidates[reader, :size] = rows.items[start : start + size]
+        values[reader, :size] = scores[start : start + size]
+    return Pools(np.asarray(rows.users, dtype=np.int64), candidates, values)
+
+
+def _meta_ranker_api() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """``fit_meta_ranker`` and ``collect_rows`` of ``training.ranker``, if there.
+
+    This is the hook for the XGBoost meta-ranker: without that module the
+    report lists the blend only.
+    """
+    try:
+        from bookverse.training.ranker import collect_rows, fit_meta_ranker
+    except ImportError:
+        return None
+    return fit_meta_ranker, collect_rows
+
+
+def _tensorflow_available() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _ImplicitModel:
+    """An ``implicit`` CPU model behind ``score_users`` (reference rows only)."""
+
+    def __init__(self, name: str, model: Any) -> None:
+        self.name = name
+        self.model = model
+
+    def fit(self, dataset: Dataset) -> _ImplicitModel:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            self.model.fit(dataset.user_items(), show_progress=False)
+        return self
+
+    def score_users(self, user_items: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
+        user_factors = np.asarray(self.model.user_factors, dtype=np.float32)
+        item_factors = np.asarray(self.model.item_factors, dtype=np.float32)
+        return user_factors[users] @ item_factors.T
+
+
+def _references(train: Dataset, timer: pipeline.StepTimer) -> dict[str, Scorer]:
+    """``implicit``'s ALS and BPR with that library's default parameters."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    references: dict[str, Scorer] = {}
+    for name, model in (
+        ("implicit_als_defaults", AlternatingLeastSquares(random_state=0)),
+        ("implicit_bpr_defaults", BayesianPersonalizedRanking(random_state=0)),
+    ):
+        with timer.step(f"fit {name}"):
+            references[name] = _ImplicitModel(name, model).fit(train)
+    return references
+
+
+# -- writing --------------------------------------------------------------------
+
+COLUMNS = (
+    "precision",
+    "recall",
+    "ndcg",
+    "map",
+    "coverage",
+    "diversity",
+    "gini",
+    "overlap",
+)
+
+
+def _column_keys(k: int) -> list[str]:
+    at_k = {"precision", "recall", "ndcg", "map"}
+    return [f"{c}@{k}" if c in at_k else c for c in COLUMNS]
+
+
+def markdown(report: Report) -> str:
+    """The report as a Markdown page, the command that made it on top."""
+    keys = _column_keys(report.k)
+    sizes = report.sizes
+    lines = [
+        f"# Evaluation: {report.dataset}",
+        "",
+        "Made by:",
+        "",
+        "```",
+        report.command,
+        "```",
+        "",
+        f"{sizes['interactions']} interactions, {sizes['readers']} readers, "
+        f"{sizes['books']} books after preparation; one per-reader 80/20 split, "
+        f"{sizes['test_readers']} test readers; top {report.k} over the whole "
+        "catalogue, books read in training left out. Coverage, gini and overlap "
+        "are over every test reader's list; diversity is the mean pairwise "
+        "(1 - cosine) of ALS item factors within a list.",
+        "",
+        "| model | kind | " + " | ".join(keys) + " |",
+        "|---|---|" + "---:|" * len(keys),
+    ]
+    for name, row in report.rows.items():
+        cells = " | ".join(_cell(row.get(key)) for key in keys)
+        lines.append(f"| {name} | {report.kind.get(name, '')} | {cells} |")
+    lines += ["", *_rerank_lines(report)]
+    if report.notes:
+        lines += ["", "Notes:", "", *[f"- {note}" for note in report.notes]]
+    total = sum(report.seconds.values())
+    lines += ["", f"Wall time of the run: {total:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def rerank_ratios(report: Report, base: str = "weighted_blend") -> tuple[float, float]:
+    """(coverage ratio, nDCG@k ratio) of ``base+mmr`` over ``base`` on test."""
+    plain, reranked = report.rows[base], report.rows[f"{base}+mmr"]
+    metric = f"ndcg@{report.k}"
+    return (
+        reranked["coverage"] / plain["coverage"],
+        reranked[metric] / plain[metric],
+    )
+
+
+def _rerank_lines(report: Report) -> list[str]:
+    choice = report.rerank
+    if not choice:
+        return []
+    weights = ", ".join(f"{m} {w:.3f}" for m, w in choice["weights"].items())
+    lines = [
+        "## Re-ranking",
+        "",
+        f"Blend weights (validation): {weights}. MMR setting chosen on the "
+        f"validation split: diversity lambda {choice['diversity']}, similarity "
+        f"threshold {choice['threshold']} (targets: coverage >= "
+        f"{COVERAGE_GAIN:g}x, nDCG@{report.k} >= {NDCG_KEPT:.0%} of the plain "
+        f"blend; {'met' if choice['met'] else 'NOT met'} on validation).",
+        "",
+        "| hybrid | coverage ratio | nDCG ratio |",
+        "|---|---:|---:|",
+    ]
+    for base in ("weighted_blend", "meta_ranker"):
+        if f"{base}+mmr" in report.rows:
+            coverage, ndcg = rerank_ratios(report, base)
+            lines.append(f"| {base} (test) | {coverage:.2f}x | {ndcg:.3f} |")
+    lines += [
+        "",
+        "Validation grid (ratios over the plain blend):",
+        "",
+        "| lambda | threshold | coverage ratio | nDCG ratio |",
+        "|---:|---:|---:|---:|",
+    ]
+    for g in choice["grid"]:
+        lines.append(
+            f"| {g['diversity']} | {g['threshold']} | {g['coverage_ratio']:.2f} | "
+            f"{g['ndcg_ratio']:.3f} |"
+        )
+    return lines
+
+
+def chart(report: Report, path: Path) -> None:
+    """Bars of nDCG@k, coverage and gini per row, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report.rows)
+    colours = {"model": "#4C72B0", "reference": "#999999", "hybrid": "#DD8452"}
+    panels = (f"ndcg@{report.k}", "coverage", "diversity", "gini")
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(16, 0.42 * len(names) + 1.8), sharey=True
+    )
+    positions = np.arange(len(names))[::-1]
+    for axis, metric in zip(axes, panels, strict=True):
+        values = [report.rows[n].get(metric, float("nan")) for n in names]
+        axis.barh(positions, values, color=[colours[report.kind[n]] for n in names])
+        axis.set_title(metric)
+        axis.grid(axis="x", alpha=0.3)
+        for y, value in zip(positions, values, strict=True):
+            if not math.isnan(value):
+                axis.text(value, y, f" {value:.3f}", va="center", fontsize=8)
+        axis.set_xlim(0, np.nanmax(values) * 1.25 if values else 1)
+    axes[0].set_yticks(positions, names)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    figure.legend(handles, list(colours), loc="lower right", ncol=3, frameon=False)
+    figure.suptitle(
+        f"{report.dataset}: top {report.k}, one per-reader 80/20 split "
+        f"({report.sizes['test_readers']} test readers)"
+    )
+    figure.tight_layout(rect=(0, 0.04, 1, 0.95))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write(report: Report, out: Path) -> tuple[Path, Path]:
+    """Write ``<dataset>.md`` and ``<dataset>.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    page, picture = out / f"{report.dataset}.md", out / f"{report.dataset}.png"
+    page.write_text(markdown(report), encoding="utf-8")
+    chart(report, picture)
+    return page, picture
+
+
+def summary_lines(report: Report) -> Sequence[str]:
+    """The re-ranking ratios for a terminal."""
+    lines = []
+    for base in ("weighted_blend", "meta_ranker"):
+        if f"{base}+mmr" in report.rows:
+            coverage, ndcg = rerank_ratios(report, base)
+            lines.append(
+                f"{base}+mmr vs {base}: coverage x{coverage:.2f}, "
+                f"ndcg@{report.k} x{ndcg:.3f}"
+            )
+    return lines
