@@ -3,12 +3,17 @@
 bookverse-train fetch [--data-dir data] [--dataset all]
 bookverse-train train [--dataset bookcrossing] [--artifacts artifacts]
 bookverse-train readers [--artifacts artifacts] [--count 3]
+bookverse-train evaluate [--dataset bookcrossing] [--out docs/results]
+bookverse-train tune [--dataset bookcrossing] [--model als] [--trials 20]
+    [--timeout 300] [--storage var/tuning.db]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +27,16 @@ from bookverse.models.bundle import (
     read_catalogue,
     read_pointer,
 )
-from bookverse.training import fetch
+from bookverse.training import fetch, report
 from bookverse.training.loaders import DataLoadError
-from bookverse.training.pipeline import LOADERS, TrainOptions, train
+from bookverse.training.pipeline import (
+    LOADERS,
+    StepTimer,
+    TrainOptions,
+    load_prepared,
+    train,
+)
+from bookverse.training.tune import BLEND, SEARCH_SPACES, TuneOptions, tune
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +76,31 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     who.add_argument("--count", type=int, default=3)
     who.add_argument("--show", type=int, default=3, help="books shown per reader")
+
+    rate = commands.add_parser(
+        "evaluate", help="evaluate every model and hybrid; write a table and chart"
+    )
+    rate.add_argument("--dataset", choices=sorted(LOADERS), default="bookcrossing")
+    rate.add_argument("--data-dir", type=Path, default=Path("data"))
+    rate.add_argument("--out", type=Path, default=Path("docs/results"))
+    rate.add_argument("--seed", type=int, default=42)
+
+    search = commands.add_parser(
+        "tune", help="search hyperparameters on a validation split (resumable)"
+    )
+    search.add_argument("--dataset", choices=sorted(LOADERS), default="bookcrossing")
+    search.add_argument("--data-dir", type=Path, default=Path("data"))
+    search.add_argument("--model", choices=[*SEARCH_SPACES, BLEND], default="als")
+    search.add_argument("--trials", type=int, default=20, help="finished trials wanted")
+    search.add_argument("--timeout", type=float, default=300.0, help="seconds")
+    search.add_argument(
+        "--storage",
+        default="var/tuning.db",
+        help="SQLite file (or an RDB URL) holding the study",
+    )
+    search.add_argument("--study", default=None, help="default <dataset>-<model>")
+    search.add_argument("--seed", type=int, default=42)
+    search.add_argument("--out", type=Path, default=None, help="write the result JSON")
     return parser
 
 
@@ -98,7 +135,49 @@ def _run(args: argparse.Namespace) -> int:
         )
         train(options)
         return 0
+    if args.command == "evaluate":
+        return run_evaluate(args)
+    if args.command == "tune":
+        return run_tune(args)
     return print_readers(args.artifacts, args.count, args.show)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate everything on one split; print and write the table and chart."""
+    words = ["bookverse-train", "evaluate", "--dataset", args.dataset]
+    words += ["--data-dir", str(args.data_dir), "--out", str(args.out)]
+    command = shlex.join([*words, "--seed", str(args.seed)])
+    result = report.run_report(args.dataset, args.data_dir, command, seed=args.seed)
+    page, picture = report.write(result, args.out)
+    print(report.markdown(result))
+    for line in report.summary_lines(result):
+        print(line)
+    print(f"wrote {page} and {picture}")
+    return 0
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """Run (or resume) a search and print its result as JSON."""
+    storage = args.storage
+    if "://" not in storage:
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{storage}"
+    options = TrainOptions(dataset=args.dataset, data_dir=args.data_dir)
+    data = load_prepared(options, StepTimer())
+    search = TuneOptions(
+        model=args.model,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        storage=storage,
+        study_name=args.study,
+        seed=args.seed,
+    )
+    text = json.dumps(tune(data, search), indent=2, sort_keys=True)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
 
 
 def print_readers(artifacts: Path, count: int, show: int) -> int:
