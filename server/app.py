@@ -4,12 +4,21 @@
 recommender, metrics, health and reflection into one ``grpc.Server`` bound to
 ``config.host:config.port`` (port 0: a free one) and returns it unstarted
 with the bound port and a :class:`Runtime` that starts and stops the
-background parts. Only :func:`main` configures logging, limits BLAS/OpenMP
-threads, reads the environment and handles signals.
+background parts. Only :func:`main` configures logging, reads the environment
+and handles signals.
+
+Threads: one call is one gRPC worker thread, so BLAS, OpenMP and FAISS get
+``config.blas_threads`` threads each (more would only contend). OpenMP keeps
+that setting per thread, so :func:`limit_threads` runs in every worker thread
+as it starts and in the bundle warm-up thread, not only once in :func:`main`:
+a server built in-process by :func:`create_server` is limited the same way.
 
 Health (``grpc.health.v1``): both ``""`` and the recommendation service are
 NOT_SERVING until the first bundle is loaded, verified and warmed up, then
-SERVING; NOT_SERVING again from the moment shutdown begins. Reflection lists
+SERVING (also while a new bundle loads in the background); NOT_SERVING again
+from the moment shutdown begins. Shutdown first stops taking new calls, then
+reports NOT_SERVING to health watchers, then gives calls in flight the grace
+period: whoever sees NOT_SERVING knows that new calls are refused. Reflection lists
 the recommendation, health and reflection services.
 
 Load: calls beyond ``max_concurrent_rpcs`` in flight are refused at once with
@@ -28,13 +37,16 @@ import threading
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
 
 from bookverse.recommendations.v1 import recommendations_pb2 as pb
 from bookverse.recommendations.v1 import recommendations_pb2_grpc as pb_grpc
@@ -57,6 +69,8 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommendationService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 COLD_START_PROBE = "bookverse-warm-up-probe"
+
+_limited = threading.local()
 
 
 @dataclass
@@ -121,8 +135,8 @@ class Runtime:
         grace : float, optional
             Seconds in-flight calls get; ``config.shutdown_grace_s`` if None.
         """
-        self.health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_s if grace is None else grace
+        self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.models.stop(timeout=grace)
         if self.owns_events:
@@ -161,6 +175,7 @@ def create_server(
         If the address cannot be bound.
     """
     config.validate()
+    limit_threads(config.blas_threads)
     metrics = create_metrics()
     events = store if store is not None else InteractionStore(config.events_db).open()
     recommender = Recommender(events, config.experiment, config.deadline_margin_s)
@@ -170,7 +185,9 @@ def create_server(
 
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=config.worker_threads, thread_name_prefix="bookverse-rpc"
+            max_workers=config.worker_threads,
+            thread_name_prefix="bookverse-rpc",
+            initializer=partial(limit_threads, config.blas_threads),
         ),
         interceptors=(MetricsInterceptor(metrics),),
         options=(
@@ -184,7 +201,7 @@ def create_server(
         config.artifacts,
         config.reload_interval_s,
         metrics,
-        warm_up=lambda bundle: warm_up(recommender, bundle),
+        warm_up=lambda bundle: warm_up(recommender, bundle, config.blas_threads),
         on_swap=lambda bundle: _mark_serving(health_servicer, serving),
     )
     port = _bind(server, config.host, config.port)
@@ -209,14 +226,32 @@ def create_server(
     return server, port, runtime
 
 
-def warm_up(recommender: Recommender, bundle: ServingBundle) -> None:
+def limit_threads(threads: int) -> None:
+    """Cap BLAS, OpenMP and FAISS threads at ``threads`` for the calling thread.
+
+    BLAS limits are process-wide, but OpenMP's (which FAISS and an OpenMP
+    build of OpenBLAS use) belong to the thread that sets them: a thread that
+    never called this would use every core. FAISS is set apart from the
+    libraries ``threadpoolctl`` finds. Repeated calls in one thread are free.
+    """
+    if getattr(_limited, "threads", None) == threads:
+        return
+    threadpool_limits(limits=threads)
+    faiss.omp_set_num_threads(threads)
+    _limited.threads = threads
+
+
+def warm_up(recommender: Recommender, bundle: ServingBundle, threads: int) -> None:
     """One real recommendation for a training reader and for a cold start.
+
+    Runs in the model store's thread, under the same thread limits as a call.
 
     Raises
     ------
     Exception
         Whatever the pipeline raises; the model store then refuses the bundle.
     """
+    limit_threads(threads)
     readers = [COLD_START_PROBE, *list(bundle.user_index)[:1]]
     for reader in readers:
         query = RecommendQuery(reader, 10, Filters(), (), "warm-up")
@@ -289,10 +324,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("configuration: %s", exc)
         return 2
 
-    from threadpoolctl import threadpool_limits
-
-    # one request is one thread: BLAS or OpenMP threads would only contend
-    threadpool_limits(limits=config.blas_threads)
     try:
         server, port, runtime = create_server(config)
         server.start()

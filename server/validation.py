@@ -16,6 +16,11 @@ Rules (the proto's conventions, made exact):
   characters (any script); ``filters.min_year <= filters.max_year`` when both
   are set.
 - ``context.session_book_ids``: at most 50 ids.
+- ``context.device``: a known device (``UNSPECIFIED`` allowed, unknown
+  numbers refused); ``context.utc_offset_minutes``: -840..840 (UTC-14 h to
+  UTC+14 h); ``context.local_time``: unset, or after the Unix epoch with
+  nanos in 0..999999999. The server does not use them yet; checking them now
+  keeps a bad client from depending on garbage being accepted.
 - ``type``: a known interaction type, not ``UNSPECIFIED``.
 - ``rating``: required for ``INTERACTION_TYPE_RATING``, finite and within the
   served bundle's rating scale; forbidden for every other type.
@@ -46,6 +51,7 @@ MAX_AUTHOR_CHARS = 200
 MAX_SESSION_IDS = 50
 MAX_CLIENT_EVENT_ID_CHARS = 128
 FUTURE_TOLERANCE_S = 300.0
+MAX_UTC_OFFSET_MINUTES = 14 * 60
 
 KINDS: dict[int, str] = {
     pb.INTERACTION_TYPE_VIEW: "view",
@@ -128,6 +134,7 @@ def validate_recommend(request: pb.RecommendRequest) -> RecommendQuery:
     check_id("user_id", request.user_id)
     if not 0 <= request.n <= MAX_N:
         raise InvalidArgument("n", f"must be in 0..{MAX_N} (0 means {DEFAULT_N})")
+    _check_context(request.context)
     return RecommendQuery(
         user_id=request.user_id,
         n=request.n or DEFAULT_N,
@@ -264,6 +271,23 @@ def _filters(filters: pb.Filters) -> Filters:
         min_year=min_year,
         max_year=max_year,
     )
+
+
+def _check_context(context: pb.Context) -> None:
+    if context.device not in pb.Device.values():
+        raise InvalidArgument("context.device", "must be a known Device")
+    offset = context.utc_offset_minutes
+    if not -MAX_UTC_OFFSET_MINUTES <= offset <= MAX_UTC_OFFSET_MINUTES:
+        raise InvalidArgument(
+            "context.utc_offset_minutes",
+            f"must be in -{MAX_UTC_OFFSET_MINUTES}..{MAX_UTC_OFFSET_MINUTES}",
+        )
+    if context.HasField("local_time"):
+        stamp = context.local_time
+        if not 0 <= stamp.nanos < 1_000_000_000:
+            raise InvalidArgument("context.local_time.nanos", "must be in 0..999999999")
+        if stamp.seconds <= 0:
+            raise InvalidArgument("context.local_time", "must be after the Unix epoch")
 
 
 def _rating(
