@@ -7,6 +7,7 @@ A published bundle is a folder ``<root>/versions/<version>/`` holding::
     user_ids.npy       (n_users,) unicode, canonical reader ids of training
     user_items.npz     (n_users, n_items) CSR, the training interactions
     catalogue.json     titles, authors, years, publishers, genres by item row
+    aliases.json       optional: edition id -> id of the work served for it
     <model>/...        each model's own files (see ``bookverse.models``)
 
 and ``<root>/CURRENT`` names the version being served. Training writes a
@@ -44,6 +45,7 @@ CATALOGUE = "catalogue.json"
 ITEM_IDS = "item_ids.npy"
 USER_IDS = "user_ids.npy"
 USER_ITEMS = "user_items.npz"
+ALIASES = "aliases.json"
 
 
 class BundleError(ValueError):
@@ -211,3 +213,41 @@ def read_catalogue(folder: Path) -> Catalogue:
         publishers=[str(p) for p in publishers],
         genres=genres,
     )
+
+
+def write_aliases(folder: Path, aliases: dict[str, str], item_ids: np.ndarray) -> bool:
+    """Write ``aliases.json``: the edition ids that resolve to a served work.
+
+    Only aliases whose target is in ``item_ids`` and that differ from their
+    target are kept. Returns whether a file was written.
+    """
+    served = set(np.asarray(item_ids, dtype=str).tolist())
+    kept = {k: v for k, v in aliases.items() if k != v and v in served}
+    if not kept:
+        return False
+    write_json(folder / ALIASES, kept)
+    return True
+
+
+def read_aliases(folder: Path, item_ids: np.ndarray) -> dict[str, str]:
+    """Read ``aliases.json`` when present (else no aliases).
+
+    Raises ``BundleError`` when the file is not a JSON object of strings or an
+    alias points at a book the catalogue does not hold.
+    """
+    path = folder / ALIASES
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{ALIASES}: unreadable ({exc})") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise BundleError(f"{ALIASES}: must map edition ids to work ids (strings)")
+    served = set(np.asarray(item_ids, dtype=str).tolist())
+    stray = next((v for v in data.values() if v not in served), None)
+    if stray is not None:
+        raise BundleError(f"{ALIASES}: an alias points outside {ITEM_IDS}")
+    return data

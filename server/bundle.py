@@ -50,6 +50,7 @@ from bookverse.models.bundle import (
     USER_ITEMS,
     BundleError,
     Manifest,
+    read_aliases,
     read_catalogue,
     read_manifest,
     verify_checksums,
@@ -231,15 +232,17 @@ class ServingBundle:
         verify_checksums(manifest)
         _check_arrays(manifest, _counts(manifest))
 
+        catalogue = _catalogue(folder)
         bundle = cls.from_parts(
             version=manifest.version,
-            catalogue=_catalogue(folder),
+            catalogue=catalogue,
             user_ids=_array(folder, USER_IDS),
             user_items=_csr(folder / USER_ITEMS),
             models=_models(manifest),
             weights=_weights(manifest),
             id_scheme=_id_scheme(manifest),
             rating_scale=_rating_scale(manifest),
+            aliases=read_aliases(folder, catalogue.item_ids),
             folder=folder,
         )
         _warm_up(bundle)

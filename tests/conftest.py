@@ -146,11 +146,12 @@ def bookcrossing_slice() -> Dataset | None:
     if not all((BOOKCROSSING / f).is_file() for f in files):
         return None
     try:
-        from bookverse.training import loaders, prepare
+        from bookverse.training import loaders, prepare, works
     except ImportError:
         return None
     raw, _ = loaders.load_bookcrossing(BOOKCROSSING)
-    core = prepare.kcore(prepare.drop_duplicate_pairs(raw), 5, 5)
+    grouped, _ = works.group_works(raw)  # as the default training run does
+    core = prepare.kcore(prepare.drop_duplicate_pairs(grouped), 5, 5)
     return prepare.kcore(prepare.first_users(core, SLICE_READERS), 3, 3)
 
 

@@ -348,6 +348,35 @@ def test_explain_accepts_any_isbn_spelling(
     assert answer.strategy == pb.STRATEGY_COLD_START
 
 
+def test_an_edition_resolves_to_its_work(
+    live_server: LiveServer, published: Published
+) -> None:
+    aliases = published.data.dataset.extras.get("work_aliases")
+    if not isinstance(aliases, dict):
+        pytest.skip("the synthetic catalogue has no editions")
+    served = set(published.data.dataset.catalogue.item_ids.tolist())
+    edition, work = next((k, v) for k, v in aliases.items() if k != v and v in served)
+    answer = live_server.stub.Explain(
+        pb.ExplainRequest(user_id="someone", book_id=edition), timeout=TIMEOUT
+    )
+    assert answer.book_id == work
+
+    tracked = live_server.stub.TrackInteraction(
+        pb.TrackInteractionRequest(
+            user_id="edition-reader",
+            book_id=edition,
+            type=pb.INTERACTION_TYPE_PURCHASE,
+        ),
+        timeout=TIMEOUT,
+    )
+    assert tracked.book_known_to_model
+    listed = live_server.stub.Recommend(
+        pb.RecommendRequest(user_id="edition-reader", n=50), timeout=TIMEOUT
+    )
+    # the work the reader bought (as another edition) is not offered again
+    assert work not in [item.book_id for item in listed.items]
+
+
 def test_explain_unknown_book_is_not_found(live_server: LiveServer) -> None:
     error = rpc_error(
         live_server.stub.Explain,

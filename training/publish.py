@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from bookverse.models.base import Model
 from bookverse.models.bundle import (
+    ALIASES,
     MANIFEST,
     POINTER,
     SCHEMA_VERSION,
@@ -35,10 +36,12 @@ from bookverse.models.bundle import (
     USER_ITEMS,
     VERSIONS,
     sha256_file,
+    write_aliases,
     write_catalogue,
     write_json,
 )
 from bookverse.models.dataset import Dataset
+from bookverse.training.works import WORK_ALIASES_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,11 @@ def write_bundle(
     np.save(folder / USER_IDS, np.asarray(dataset.user_ids, dtype=str))
     sp.save_npz(folder / USER_ITEMS, dataset.user_items().tocsr(), compressed=True)
     files += [USER_IDS, USER_ITEMS]
+    aliases = dataset.extras.get(WORK_ALIASES_KEY)
+    if isinstance(aliases, dict) and write_aliases(
+        folder, aliases, dataset.catalogue.item_ids
+    ):
+        files.append(ALIASES)
 
     described: dict[str, Any] = {}
     for name, model in models.items():
