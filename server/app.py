@@ -136,8 +136,9 @@ class Runtime:
             Seconds in-flight calls get; ``config.shutdown_grace_s`` if None.
         """
         grace = self.config.shutdown_grace_s if grace is None else grace
+        stopped = self.server.stop(grace)
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        stopped.wait()
         self.models.stop(timeout=grace)
         if self.owns_events:
             self.events.close()
