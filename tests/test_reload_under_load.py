@@ -172,13 +172,6 @@ def test_reloads_under_load_drop_no_call_and_never_mix_versions(
     versions_seen = Counter(version for version, *_ in load.answers)
     assert set(versions_seen) <= set(catalogues)
     assert len(versions_seen) >= VERSIONS // 2, versions_seen
-    print(
-        "RELOAD",
-        len(load.answers),
-        len(load.explained),
-        dict(load.health_seen),
-        len(versions_seen),
-    )
     for version, ids, scores, confidences in load.answers:
         assert ids and set(ids) <= catalogues[version], "an answer mixed versions"
         assert len(set(ids)) == len(ids)
