@@ -341,6 +341,7 @@ def test_an_index_repeating_ids_gives_each_book_once(loaded: ServingBundle) -> N
         recommend(loaded, user, n=loaded.n_items)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_a_reader_vector_that_is_not_finite_gives_finite_scores(
     loaded: ServingBundle,
 ) -> None:
