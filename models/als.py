@@ -30,7 +30,13 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, clean_history, load_array, top_k
+from bookverse.models.base import (
+    UserProfile,
+    check_rules,
+    clean_history,
+    load_array,
+    top_k,
+)
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -102,9 +108,7 @@ class ALS:
             ("iterations", self.iterations, self.iterations >= 1, ">= 1"),
             ("num_threads", self.num_threads, self.num_threads >= 0, ">= 0"),
         )
-        for name, value, ok, rule in rules:
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        check_rules(rules)
 
     def fit(self, dataset: Dataset) -> Self:
         """Factorise ``dataset.user_items()`` with ``implicit``.

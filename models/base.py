@@ -8,6 +8,7 @@ training readers at once through ``score_users``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self
@@ -81,6 +82,22 @@ class Model(Protocol):
         """Read what ``save`` wrote; large arrays memory-mapped. Raises
         ``ValueError`` naming the file when a file is malformed."""
         ...
+
+
+def check_rules(rules: Iterable[tuple[str, object, bool, str]]) -> None:
+    """Raise for the first broken rule of a declarative constraints table.
+
+    Each rule is ``(name, value, holds, rule text)``.
+
+    Raises
+    ------
+    ValueError
+        ``"<name> must be <rule>, got <value>"`` for the first rule that does
+        not hold.
+    """
+    for name, value, holds, rule in rules:
+        if not holds:
+            raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
 def clean_history(

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, clean_history, load_array
+from bookverse.models.base import UserProfile, check_rules, clean_history, load_array
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,7 @@ class BPR:
             ("iterations", self.iterations, self.iterations >= 1, ">= 1"),
             ("num_threads", self.num_threads, self.num_threads >= 0, ">= 0"),
         )
-        for name, value, ok, rule in rules:
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        check_rules(rules)
 
     def fit(self, dataset: Dataset) -> Self:
         """Learn the factors with ``implicit``'s BPR on ``dataset.user_items()``.

@@ -29,7 +29,13 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, clean_history, load_array, top_k
+from bookverse.models.base import (
+    UserProfile,
+    check_rules,
+    clean_history,
+    load_array,
+    top_k,
+)
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -72,9 +78,7 @@ class EASE:
             ("regularization", self.regularization, self.regularization > 0, "> 0"),
             ("max_items", self.max_items, self.max_items >= 1, ">= 1"),
         )
-        for name, value, ok, rule in rules:
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        check_rules(rules)
 
     def fit(self, dataset: Dataset) -> Self:
         """Solve for ``B`` on the ``max_items`` most-read books.

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, load_array
+from bookverse.models.base import UserProfile, check_rules, load_array
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ class ExplicitMF:
             ("regularization", self.regularization, self.regularization > 0, "> 0"),
             ("epochs", self.epochs, self.epochs >= 1, ">= 1"),
         )
-        for name, value, ok, rule in rules:
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        check_rules(rules)
 
     def fit(self, dataset: Dataset) -> Self:
         """Alternate ridge solves over the explicit ratings of ``dataset``.

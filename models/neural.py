@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, clean_history, load_array
+from bookverse.models.base import UserProfile, check_rules, clean_history, load_array
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -120,9 +120,7 @@ class NeuralCF:
             ("learning_rate", self.learning_rate, self.learning_rate > 0, "> 0"),
             ("n_negatives", self.n_negatives, self.n_negatives >= 1, ">= 1"),
         )
-        for name, value, ok, rule in rules:
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        check_rules(rules)
 
     # --- training (TensorFlow) ---------------------------------------------
 
