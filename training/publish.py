@@ -41,10 +41,12 @@ from bookverse.models.bundle import (
     write_json,
 )
 from bookverse.models.dataset import Dataset
+from bookverse.models.ranker import MetaRanker
 from bookverse.training.works import WORK_ALIASES_KEY
 
 logger = logging.getLogger(__name__)
 
+RANKER_DIR = "meta_ranker"
 LIBRARIES = ("numpy", "scipy", "faiss-cpu", "xgboost-cpu", "implicit", "scikit-learn")
 
 
@@ -83,10 +85,15 @@ def write_bundle(
     fingerprint: str,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    ranker: MetaRanker | None = None,
+    rerank: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a complete bundle into the empty or new ``folder``; returns the
     manifest. ``dataset`` is what the served models were fitted on: its
-    readers' histories are what serving knows about them."""
+    readers' histories are what serving knows about them. ``ranker`` (its
+    files under ``meta_ranker/``, its parameters as ``manifest["ranker"]``)
+    and ``rerank`` (the re-ranking settings, ``manifest["rerank"]``) are
+    optional."""
     folder.mkdir(parents=True, exist_ok=True)
     files = write_catalogue(folder, dataset.catalogue)
     np.save(folder / USER_IDS, np.asarray(dataset.user_ids, dtype=str))
@@ -105,6 +112,21 @@ def write_bundle(
         written = [f"{name}/{f}" for f in model.save(sub)]
         described[name] = {"params": model.params(), "files": written}
         files += written
+
+    sections: dict[str, Any] = dict(extra or {})
+    if ranker is not None:
+        sub = folder / RANKER_DIR
+        sub.mkdir(exist_ok=True)
+        written = [f"{RANKER_DIR}/{f}" for f in ranker.save(sub)]
+        params = ranker.params()
+        sections["ranker"] = {
+            "params": params,
+            "files": written,
+            "features": list(params["features"]),
+        }
+        files += written
+    if rerank is not None:
+        sections["rerank"] = dict(rerank)
 
     for name in files:
         _fsync_path(folder / name)
@@ -127,7 +149,7 @@ def write_bundle(
         "blend": {"weights": dict(blend_weights)},
         "metrics": dict(metrics or {}),
         "libraries": library_versions(),
-        **dict(extra or {}),
+        **sections,
     }
     write_json(folder / MANIFEST, manifest)
     _fsync_path(folder)
