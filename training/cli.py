@@ -27,7 +27,7 @@ from bookverse.models.bundle import (
     read_catalogue,
     read_pointer,
 )
-from bookverse.training import fetch, report
+from bookverse.training import fetch, public_table, report
 from bookverse.training.loaders import DataLoadError
 from bookverse.training.pipeline import (
     LOADERS,
@@ -39,6 +39,8 @@ from bookverse.training.pipeline import (
 from bookverse.training.tune import BLEND, SEARCH_SPACES, TuneOptions, tune
 
 logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 FETCHERS = {
     "bookcrossing": fetch.fetch_bookcrossing,
@@ -71,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         help="train on the first N readers only (a quick slice)",
     )
     fit.add_argument("--seed", type=int, default=42)
+    fit.add_argument(
+        "--no-ranker", action="store_true", help="serve the weighted blend only"
+    )
 
     who = commands.add_parser("readers", help="print active readers of the bundle")
     who.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -101,14 +106,25 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--study", default=None, help="default <dataset>-<model>")
     search.add_argument("--seed", type=int, default=42)
     search.add_argument("--out", type=Path, default=None, help="write the result JSON")
+    table = commands.add_parser(
+        "public-table",
+        help="MovieLens-100k under the public table's protocol, over split seeds",
+        add_help=False,
+    )
+    table.add_argument("args", nargs=argparse.REMAINDER, help="see --help")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["public-table"]:
+        # its own options (and --help) belong to bookverse.training.public_table
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        return public_table.main(words[1:])
+    args = _parser().parse_args(words)
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     try:
         return _run(args)
@@ -132,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
             evaluate=not args.no_eval,
             max_users=args.max_users,
             seed=args.seed,
+            ranker=not args.no_ranker,
         )
         train(options)
         return 0

@@ -9,8 +9,14 @@ and its duration printed, so a slow step shows itself:
 3. split per reader (80/20, seed 42), fit every model on the training part
    and evaluate it over the whole catalogue; fit the blend's weights on a
    validation split carved out of the training part, never on the test part;
-4. refit every model on all prepared data and publish the bundle with the
-   evaluation table in its manifest.
+   train the XGBoost meta-ranker the same way (its own validation split of
+   the training part) and evaluate it on the test part;
+4. refit every model on all prepared data, train the served meta-ranker on
+   it, and publish the bundle with the evaluation table, the blend weights
+   and the re-ranking settings in its manifest.
+
+Steps 1, 2 and 4 are what the served hybrid needs; step 3 (``--no-eval``
+skips it) only measures.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 
 from bookverse.models.base import Model
 from bookverse.models.dataset import Dataset
+from bookverse.models.ranker import MetaRanker
 from bookverse.models.registry import MODEL_CLASSES
 from bookverse.training import loaders, prepare, works
 from bookverse.training.evaluate import (
@@ -34,6 +41,7 @@ from bookverse.training.evaluate import (
     fit_blend_weights,
 )
 from bookverse.training.publish import publish, write_bundle
+from bookverse.training.ranker import evaluate_meta_ranker, fit_meta_ranker
 from bookverse.training.split import per_user_split
 
 logger = logging.getLogger(__name__)
@@ -43,6 +51,21 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
     "als": {"factors": 64, "alpha": 10.0, "iterations": 15},
     "item_knn": {"k": 100},
     "content": {},
+    "user_knn": {"k": 50},
+    # a dense item-item matrix: capped to the most-read books (144 MB at 6000)
+    "ease": {"regularization": 400.0, "max_items": 6000},
+}
+
+# base models whose scores the meta-ranker learns from (content scores the
+# whole catalogue slowly and adds little next to the others)
+RANKER_BASES = ("popularity", "als", "item_knn", "user_knn", "ease")
+
+# re-ranking the server applies after the hybrid (manifest "rerank")
+DEFAULT_RERANK: dict[str, Any] = {
+    "diversity": 0.3,
+    "similarity_threshold": None,
+    "max_per_author": 2,
+    "embedding": "als",
 }
 
 
@@ -62,6 +85,15 @@ class TrainOptions:
     k: int = 10
     evaluate: bool = True
     max_users: int | None = None
+    ranker: bool = True
+    ranker_pool: int = 50
+    ranker_readers: int = 3000
+    ranker_objectives: tuple[str, ...] = ("rank:pairwise",)
+    rerank: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_RERANK)
+
+    def ranker_specs(self) -> dict[str, Mapping[str, Any]]:
+        """The base models of the meta-ranker: ``RANKER_BASES`` that are fitted."""
+        return {n: p for n, p in self.models.items() if n in RANKER_BASES}
 
 
 @dataclass
@@ -154,12 +186,35 @@ def evaluation_table(
         table["weighted_blend"] = evaluate_blend(
             test_models, weights, train, test, k=options.k
         )
+    if options.ranker:
+        ranker = fit_ranker(train, options, timer, "evaluation")
+        with timer.step("evaluate meta-ranker"):
+            table["meta_ranker"] = evaluate_meta_ranker(
+                ranker, test_models, train, test, k=options.k
+            )
     return table, weights
+
+
+def fit_ranker(
+    data: Dataset, options: TrainOptions, timer: StepTimer, tag: str
+) -> MetaRanker:
+    """Train the meta-ranker on validation splits of ``data`` (never a test
+    part); serve or evaluate it with base models refitted on all of ``data``."""
+    with timer.step(f"fit meta-ranker ({tag})"):
+        return fit_meta_ranker(
+            options.ranker_specs(),
+            data,
+            k=options.k,
+            seed=options.seed,
+            pool=options.ranker_pool,
+            objectives=options.ranker_objectives,
+            max_readers=options.ranker_readers,
+        )
 
 
 def format_table(table: Mapping[str, Mapping[str, float]], k: int) -> str:
     """The evaluation table as Markdown."""
-    columns = [f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}", "coverage"]
+    columns = [f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"map@{k}"]
     lines = [
         "| model | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
@@ -183,6 +238,7 @@ def train(options: TrainOptions, timer: StepTimer | None = None) -> str:
         timer.echo(format_table(table, options.k))
 
     served = fit_models(data, options.models, timer, "all data")
+    ranker = fit_ranker(data, options, timer, "all data") if options.ranker else None
     with timer.step("publish"):
         build = partial(
             _build,
@@ -191,9 +247,19 @@ def train(options: TrainOptions, timer: StepTimer | None = None) -> str:
             weights=weights,
             fingerprint=fingerprint,
             metrics={"k": options.k, "table": table, "step_seconds": timer.durations},
+            ranker=ranker,
+            rerank=options.rerank,
         )
         version = publish(options.artifacts, build)
-    timer.echo(f"published {version} to {options.artifacts}")
+    served_steps = sum(
+        seconds
+        for name, seconds in timer.durations.items()
+        if name in ("load", "prepare", "publish") or name.endswith("(all data)")
+    )
+    timer.echo(
+        f"published {version} to {options.artifacts}; the served hybrid's steps "
+        f"took {served_steps:.0f} s, all steps {sum(timer.durations.values()):.0f} s"
+    )
     return version
 
 
@@ -206,6 +272,8 @@ def _build(
     weights: Mapping[str, float],
     fingerprint: str,
     metrics: Mapping[str, Any],
+    ranker: MetaRanker | None,
+    rerank: Mapping[str, Any],
 ) -> None:
     write_bundle(
         folder,
@@ -215,4 +283,6 @@ def _build(
         blend_weights=weights,
         fingerprint=fingerprint,
         metrics=metrics,
+        ranker=ranker,
+        rerank=rerank,
     )
