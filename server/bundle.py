@@ -21,7 +21,19 @@
    warm-up query (the first and the last training reader, a folded-in
    reader and an empty one, whole catalogue and a few items) gives finite
    scores of length ``n_items`` from each, which also proves that every
-   model's per-book and per-reader state covers the counts.
+   model's per-book and per-reader state covers the counts;
+7. when the manifest has ``ranker``, the meta-ranker (not one of
+   ``models``) loads from ``meta_ranker/``: its files are checksummed
+   bundle files, its base models are all models of the bundle, its
+   ``params.features`` equal ``ranker.features`` (and the booster's own,
+   which ``MetaRanker.load`` checks), its statistics have one row per book
+   and per reader, and one warm-up call (pool, features, scores) gives a
+   finite score per candidate. Its statistics may hold NaN (a missing
+   feature value), never infinity;
+8. ``rerank``, when present, is a valid :class:`RerankSettings` (each key's
+   range below); a key that :func:`~bookverse.models.rerank.mmr` does not
+   take is ignored with one warning, and a warm-up ``mmr`` call with the
+   settings must succeed. Without ``rerank`` nothing is re-ranked.
 
 Anything else raises :class:`~bookverse.models.bundle.BundleError` naming the
 file and the reason, and the bundle is never served. Dense arrays are
@@ -31,14 +43,16 @@ share their pages; ``user_items.npz`` is compressed and read into memory.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -56,8 +70,13 @@ from bookverse.models.bundle import (
     verify_checksums,
 )
 from bookverse.models.dataset import Catalogue
+from bookverse.models.features import RequestContext
 from bookverse.models.ids import ID_SCHEMES, IdScheme, normalize_book_id
 from bookverse.models.registry import load_model
+from bookverse.models.rerank import mmr
+
+if TYPE_CHECKING:
+    from bookverse.models.ranker import MetaRanker
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +93,52 @@ CHECKED_LIBRARIES: dict[str, tuple[str, ...]] = {
 These write the files the server reads (``.npy``, FAISS index, XGBoost JSON);
 a file written under another major version may not read back the same, so
 such a bundle is refused. Minor and patch versions may differ."""
+
+RANKER_DIR = "meta_ranker"
+"""Folder of the meta-ranker's files inside a bundle."""
+
+EMBEDDINGS = ("als", "content")
+"""Item vectors the re-ranking's similarity may come from."""
+
+_MMR_SET_BY_SERVER = (
+    "candidates",
+    "relevance",
+    "similarity",
+    "n",
+    "authors",
+    "popularity",
+)
+"""Arguments of ``mmr`` that each call fills in; the manifest may not."""
+
+
+@dataclass(frozen=True)
+class RerankSettings:
+    """Diversity re-ranking of a bundle: the manifest's ``rerank`` object.
+
+    Attributes
+    ----------
+    diversity : float in [0, 1], default 0.3
+        MMR's ``lambda``; 0 keeps the relevance order.
+    similarity_threshold : float or None, default None
+        In [-1, 1] (a cosine); ``None`` skips nothing.
+    max_per_author : int >= 1 or None, default None
+        At most this many books of one author per answer.
+    embedding : {"als", "content"}, default "als"
+        Item vectors of the similarity: ALS item factors or TF-IDF rows (the
+        other one when the bundle lacks it).
+    extra : dict of str to value
+        Further keys that ``mmr`` takes as keyword arguments.
+    with_popularity : bool
+        Whether ``mmr`` takes ``popularity`` (each candidate's training
+        readers), which the server then passes.
+    """
+
+    diversity: float = 0.3
+    similarity_threshold: float | None = None
+    max_per_author: int | None = None
+    embedding: str = "als"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    with_popularity: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +174,12 @@ class ServingBundle:
     aliases : dict of str to str
         Canonical id of an edition merged into a work -> the work's id in the
         catalogue (empty when the bundle groups no editions).
+    folder : Path or None
+        Where the bundle was loaded from.
+    ranker : MetaRanker or None
+        The meta-ranker over ``models``; None serves the weighted blend.
+    rerank : RerankSettings or None
+        Diversity re-ranking; None re-ranks nothing.
     """
 
     version: str
@@ -125,6 +196,8 @@ class ServingBundle:
     author_keys: np.ndarray
     aliases: dict[str, str]
     folder: Path | None = None
+    ranker: MetaRanker | None = None
+    rerank: RerankSettings | None = None
 
     @property
     def n_items(self) -> int:
@@ -168,13 +241,16 @@ class ServingBundle:
         rating_scale: tuple[float, float],
         aliases: Mapping[str, str] | None = None,
         folder: Path | None = None,
+        ranker: MetaRanker | None = None,
+        rerank: RerankSettings | None = None,
     ) -> ServingBundle:
         """Assemble a bundle from loaded pieces and derive its look-up tables.
 
         Raises
         ------
         BundleError
-            If ids repeat, or ``user_items`` disagrees with the id arrays.
+            If ids repeat, ``user_items`` disagrees with the id arrays, or the
+            ranker's base models or statistics do not fit the bundle.
         """
         book_index = _index(catalogue.item_ids, ITEM_IDS)
         user_index = _index(user_ids, USER_IDS)
@@ -184,6 +260,8 @@ class ServingBundle:
                 f"{USER_ITEMS}: shape {user_items.shape} must be "
                 f"(len({USER_IDS}), len({ITEM_IDS})) = {expected}"
             )
+        if ranker is not None:
+            _check_ranker_fits(ranker, models, expected)
         readers = np.asarray(user_items.getnnz(axis=0), dtype=np.int64)
         return cls(
             version=version,
@@ -200,6 +278,8 @@ class ServingBundle:
             author_keys=np.array([a.strip().casefold() for a in catalogue.authors]),
             aliases=dict(aliases or {}),
             folder=folder,
+            ranker=ranker,
+            rerank=rerank,
         )
 
     @classmethod
@@ -229,6 +309,7 @@ class ServingBundle:
             )
         _check_libraries(manifest)
         _check_ranker_features(manifest)
+        rerank = _rerank_settings(manifest)
         verify_checksums(manifest)
         _check_arrays(manifest, _counts(manifest))
 
@@ -244,14 +325,21 @@ class ServingBundle:
             rating_scale=_rating_scale(manifest),
             aliases=read_aliases(folder, catalogue.item_ids),
             folder=folder,
+            ranker=_ranker(manifest),
+            rerank=rerank,
         )
         _warm_up(bundle)
+        _warm_up_ranker(bundle)
+        _warm_up_rerank(bundle)
         logger.info(
-            "bundle %s verified: %s books, %s readers, models %s in %.2f s",
+            "bundle %s verified: %s books, %s readers, models %s, ranker %s, "
+            "rerank %s in %.2f s",
             bundle.version,
             bundle.n_items,
             bundle.n_users,
             ",".join(bundle.models),
+            "yes" if bundle.ranker is not None else "no",
+            "yes" if bundle.rerank is not None else "no",
             time.perf_counter() - started,
         )
         return bundle
@@ -306,13 +394,16 @@ def _check_ranker_features(manifest: Manifest) -> None:
     Raises
     ------
     BundleError
-        If ``ranker.features`` is not a non-empty list of distinct names, or a
+        If ``ranker`` is not an object, ``ranker.features`` is not a
+        non-empty list of distinct names, or ``ranker.params.features`` or a
         model's ``params.features`` differs from it.
     """
     ranker = manifest.data.get("ranker")
     if ranker is None:
         return
-    features = ranker.get("features") if isinstance(ranker, dict) else None
+    if not isinstance(ranker, dict):
+        raise BundleError("manifest.json: ranker must be an object")
+    features = ranker.get("features")
     if (
         not isinstance(features, list)
         or not features
@@ -330,6 +421,168 @@ def _check_ranker_features(manifest: Manifest) -> None:
             raise BundleError(
                 f"{name}/: params.features differ from manifest ranker.features"
             )
+    params = ranker.get("params")
+    if params is None:
+        return
+    own = params.get("features") if isinstance(params, dict) else None
+    if not isinstance(own, list) or own != features:
+        raise BundleError(
+            "manifest.json: ranker.params.features must equal ranker.features "
+            "(same names, same order)"
+        )
+
+
+def _ranker(manifest: Manifest) -> MetaRanker | None:
+    """The meta-ranker of ``manifest["ranker"]``, loaded; None without one.
+
+    Raises
+    ------
+    BundleError
+        If ``ranker.params`` or ``ranker.files`` is malformed, a ranker file
+        is not a checksummed file under ``meta_ranker/``, or the ranker does
+        not load (the message of ``MetaRanker.load`` names the feature or
+        file).
+    """
+    spec = manifest.data.get("ranker")
+    if spec is None:
+        return None
+    params, files = spec.get("params"), spec.get("files")
+    if not isinstance(params, dict):
+        raise BundleError("manifest.json: ranker.params must be an object")
+    if not isinstance(files, list) or not files:
+        raise BundleError("manifest.json: ranker.files must be a non-empty list")
+    listed = manifest.files
+    for name in files:
+        if not isinstance(name, str) or not name.startswith(f"{RANKER_DIR}/"):
+            raise BundleError(
+                f"manifest.json: ranker.files entries must lie under "
+                f"{RANKER_DIR}/, got {str(name)[:80]!r}"
+            )
+        if name not in listed:
+            raise BundleError(
+                f"manifest.json: ranker file {name} is not among the checksummed files"
+            )
+    # imported here: xgboost pulls in scikit-learn and pandas when they are
+    # installed, which a bundle without a ranker should not pay for
+    from bookverse.models.ranker import MetaRanker
+
+    try:
+        return MetaRanker.load(manifest.folder / RANKER_DIR, dict(params))
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise BundleError(f"{RANKER_DIR}/: ranker does not load ({exc})") from exc
+
+
+def _check_ranker_fits(
+    ranker: MetaRanker, models: Mapping[str, Model], counts: tuple[int, int]
+) -> None:
+    """The ranker's base models are served and its statistics fit the counts.
+
+    Raises
+    ------
+    BundleError
+        Naming the missing base model or the table of the wrong length.
+    """
+    missing = sorted(set(ranker.base_models) - set(models))
+    if missing:
+        raise BundleError(
+            f"manifest.json: ranker.params.base_models names {missing}, "
+            "which the bundle's models do not include"
+        )
+    n_users, n_items = counts
+    tables = ranker.tables_
+    if tables is None:
+        raise BundleError(f"{RANKER_DIR}/: ranker has no statistics")
+    if tables.n_items != n_items:
+        raise BundleError(
+            f"{RANKER_DIR}/: statistics have {tables.n_items} books, "
+            f"the bundle has {n_items}"
+        )
+    for name, values in tables.reader.items():
+        if len(values) != n_users:
+            raise BundleError(
+                f"{RANKER_DIR}/: statistics {name} have {len(values)} readers, "
+                f"the bundle has {n_users}"
+            )
+
+
+def _rerank_settings(manifest: Manifest) -> RerankSettings | None:
+    """``manifest["rerank"]`` checked; None when absent.
+
+    Raises
+    ------
+    BundleError
+        Naming ``manifest.json`` and the key whose value breaks its rule.
+    """
+    spec = manifest.data.get("rerank")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise BundleError("manifest.json: rerank must be an object")
+    defaults = RerankSettings()
+    diversity = spec.get("diversity", defaults.diversity)
+    if not _is_number(diversity) or not 0.0 <= diversity <= 1.0:
+        raise BundleError(
+            f"manifest.json: rerank.diversity must be a number in [0, 1], "
+            f"got {diversity!r}"
+        )
+    threshold = spec.get("similarity_threshold")
+    if threshold is not None and (
+        not _is_number(threshold) or not -1.0 <= threshold <= 1.0
+    ):
+        raise BundleError(
+            "manifest.json: rerank.similarity_threshold must be null or a "
+            f"number in [-1, 1], got {threshold!r}"
+        )
+    cap = spec.get("max_per_author")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)):
+        raise BundleError(
+            f"manifest.json: rerank.max_per_author must be null or an integer "
+            f">= 1, got {cap!r}"
+        )
+    if cap is not None and cap < 1:
+        raise BundleError(
+            f"manifest.json: rerank.max_per_author must be null or an integer "
+            f">= 1, got {cap!r}"
+        )
+    embedding = spec.get("embedding", defaults.embedding)
+    if embedding not in EMBEDDINGS:
+        raise BundleError(
+            f"manifest.json: rerank.embedding must be one of {EMBEDDINGS}, "
+            f"got {str(embedding)[:40]!r}"
+        )
+    return RerankSettings(
+        diversity=float(diversity),
+        similarity_threshold=None if threshold is None else float(threshold),
+        max_per_author=cap,
+        embedding=embedding,
+        extra=_mmr_extras(spec),
+        with_popularity="popularity" in inspect.signature(mmr).parameters,
+    )
+
+
+def _mmr_extras(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys of ``rerank`` beyond the known ones that ``mmr`` takes by name.
+
+    The others are ignored, with one warning naming them.
+    """
+    known = {"diversity", "similarity_threshold", "max_per_author", "embedding"}
+    accepted = set(inspect.signature(mmr).parameters) - set(_MMR_SET_BY_SERVER)
+    extra = {k: v for k, v in spec.items() if k not in known and k in accepted}
+    ignored = sorted(k for k in spec if k not in known and k not in accepted)
+    if ignored:
+        logger.warning(
+            "manifest.json: rerank keys %s are not arguments of mmr; ignored",
+            ", ".join(ignored),
+        )
+    return extra
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 def _counts(manifest: Manifest) -> tuple[int, int]:
@@ -402,8 +655,14 @@ def _check_arrays(manifest: Manifest, counts: tuple[int, int]) -> None:
         if name == USER_ITEMS and shape[1:] != [counts[1]]:
             raise BundleError(f"{name}: must have dataset.n_items={counts[1]} columns")
 
-        # numbers: no NaN or infinity in any floating-point array
-        if values.dtype.kind in "fc" and not np.all(np.isfinite(values)):
+        # numbers: no NaN or infinity in any floating-point array; the
+        # ranker's statistics mark a missing value with NaN
+        if values.dtype.kind not in "fc":
+            continue
+        if name.startswith(f"{RANKER_DIR}/"):
+            if np.any(np.isinf(values)):
+                raise BundleError(f"{name}: holds infinite values")
+        elif not np.all(np.isfinite(values)):
             raise BundleError(f"{name}: holds NaN or infinite values")
 
 
@@ -523,3 +782,66 @@ def _warm_up(bundle: ServingBundle) -> None:
                 )
             if not (np.all(np.isfinite(whole)) and np.all(np.isfinite(part))):
                 raise BundleError(f"{name}/: warm-up scores are not finite")
+
+
+def _warm_up_ranker(bundle: ServingBundle) -> None:
+    """One ranker call (pool, feature rows, scores) for the first reader.
+
+    Raises
+    ------
+    BundleError
+        If the call fails or gives a score that is not finite.
+    """
+    ranker = bundle.ranker
+    if ranker is None:
+        return
+    user = 0 if bundle.n_users else None
+    items, weights = bundle.history(user) if user is not None else _nothing()
+    profile = UserProfile(user, items, weights)
+    context = RequestContext(hour=12, weekday=0, device=None)
+    try:
+        pool, scores = ranker.candidates(bundle.models, profile)
+        features = ranker.build(pool, scores, profile, reader=user, context=context)
+        values = ranker.score(features)
+    except (ValueError, IndexError, RuntimeError) as exc:
+        raise BundleError(f"{RANKER_DIR}/: warm-up call failed ({exc})") from exc
+    if values.shape != pool.shape or not np.all(np.isfinite(values)):
+        raise BundleError(
+            f"{RANKER_DIR}/: warm-up gave {values.shape} scores for "
+            f"{len(pool)} candidates, or scores that are not finite"
+        )
+
+
+def _warm_up_rerank(bundle: ServingBundle) -> None:
+    """One ``mmr`` call with the bundle's settings on a few books.
+
+    Raises
+    ------
+    BundleError
+        If ``mmr`` refuses the settings (e.g. an extra key's value).
+    """
+    settings = bundle.rerank
+    if settings is None:
+        return
+    rows = np.arange(min(_WARMUP_ITEMS, bundle.n_items), dtype=np.int64)
+    extra = dict(settings.extra)
+    if settings.with_popularity:
+        extra["popularity"] = bundle.readers_per_item[rows].astype(np.float64)
+    try:
+        mmr(
+            rows,
+            np.linspace(1.0, 0.0, len(rows)),
+            np.eye(len(rows), dtype=np.float32),
+            len(rows),
+            diversity=settings.diversity,
+            similarity_threshold=settings.similarity_threshold,
+            authors=list(bundle.author_keys[rows]),
+            max_per_author=settings.max_per_author,
+            **extra,
+        )
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"manifest.json: rerank refused by mmr ({exc})") from exc
+
+
+def _nothing() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, np.int64), np.zeros(0, np.float32)

@@ -22,8 +22,31 @@ clock and at the client:
 3. **Scores and blend.** Every model scores every candidate; each model's
    scores are min-max normalised over the candidates and summed with the
    bundle's (or the experiment's) weights (``WeightedBlend``).
-4. **Rank.** By blended score, descending, ties by book id ascending; the
-   first ``n``. Ids are unique because candidate indices are.
+4. **Meta-ranker** (bundles with one, readers with a history, and time for
+   it: twice the deadline margin left). The ranker's own pool replaces
+   stages 2-3: every base model scores the whole catalogue and each one's
+   ``pool`` best books that the filters allow and the reader has not read
+   join it (``MetaRanker.candidates``); the ranker scores their feature rows
+   (the reader's training row and the request context, :class:`RequestContext`)
+   and that score is the relevance. The blend is still computed over the
+   pool: its normalised scores give confidence, reasons and Explain's
+   contributions. An item's source is the base model that ranks it highest
+   in the pool (:data:`MODEL_SOURCES`). If the filters leave fewer than
+   ``n`` pooled books, the blend's candidates top the list up below every
+   pooled book. A ranker that fails or gives scores that are not finite
+   hands the call to the blend path, as does too little time.
+5. **Rank.** By relevance (blended or ranker score), descending, ties by
+   book id ascending. Without re-ranking the first ``n`` are the answer and
+   their relevance is their score. Ids are unique because candidate indices
+   are.
+6. **Re-rank** (bundles with ``rerank``; every strategy but the degraded
+   answer). The best ``max(5 n, 50)`` by relevance go through
+   :func:`~bookverse.models.rerank.mmr` with the bundle's diversity,
+   similarity threshold and author cap, over ALS item factors or TF-IDF rows
+   (the other one when the bundle lacks the one named; no similarity when it
+   has neither) and case-folded authors. MMR's score is the final score;
+   items are sorted by it, ties by book id. An author cap may shorten the
+   list.
 
 Filters: books the reader already read are removed unless
 ``include_already_read``; ``exclude_book_ids``; ``only_authors`` and
@@ -36,17 +59,21 @@ the share of weighted models that place the item in their own top
 ``0.3 + 0.7 * min(1, history / 20)`` (history = books in the reader's
 profile; 0 for a cold start, so a cold start stays at or below 0.3). Items of
 a popularity fallback get :data:`FALLBACK_CONFIDENCE`. ``reason`` names what
-found the item: "Readers of <title> also read this" (item neighbours),
-"Similar to <title>" (content), "Matches your reading" (ALS) or "Popular
+found the item: "Readers of <title> also read this" (item neighbours, and
+EASE through item-kNN's strongest contributor), "Similar to <title>"
+(content), "Readers with tastes like yours read this" (user neighbours),
+"Matches your reading" (ALS, neural, EASE without an anchor) or "Popular
 with readers"; when several sources found it, the one whose model adds most
-to its blended score speaks.
+to its blended score speaks (on the ranker path: the base model ranking it
+highest in the pool).
 
 Edge cases, each one flagged answer and never an exception: an empty
 catalogue, filters that leave nothing, and a reader who has read every book
 the filters allow give an empty list with ``strategy_reason`` saying why;
 scores that are not finite give the popularity fallback; too little time
-before the deadline gives the popularity fallback with ``degraded=True``; an
-unreadable interaction store serves the training history, flagged degraded.
+before the deadline gives the popularity fallback with ``degraded=True``
+(never re-ranked); an unreadable interaction store serves the training
+history, flagged degraded.
 A cancelled call raises :class:`~bookverse.server.errors.Cancelled`.
 """
 
@@ -58,14 +85,16 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from bookverse.models.base import Model, UserProfile
-from bookverse.models.hybrid import WeightedBlend
+from bookverse.models.features import RequestContext, ranks
+from bookverse.models.hybrid import WeightedBlend, min_max
 from bookverse.models.ids import normalize_user_id
-from bookverse.server.bundle import ServingBundle
+from bookverse.models.rerank import mmr
+from bookverse.server.bundle import RerankSettings, ServingBundle
 from bookverse.server.config import ExperimentConfig
 from bookverse.server.errors import Cancelled, DeadlineExceeded, NotFound
 from bookverse.server.validation import ExplainQuery, Filters, RecommendQuery
@@ -96,6 +125,9 @@ REASON_SEEDS = 3
 RECENT_EVENTS = 500
 HISTORY_FOR_FULL_CONFIDENCE = 20
 POPULAR_REASON_RANK = 100
+RERANK_DEPTH = 5
+"""MMR reads the best ``max(RERANK_DEPTH * n, MIN_RERANK)`` by relevance."""
+MIN_RERANK = 50
 
 
 class Strategy(enum.Enum):
@@ -105,10 +137,14 @@ class Strategy(enum.Enum):
 
 
 class Source(enum.Enum):
+    """What found an item; the value is the model whose scores speak for it."""
+
     MATRIX_FACTORIZATION = "als"
     ITEM_NEIGHBORS = "item_knn"
+    USER_NEIGHBORS = "user_knn"
     CONTENT = "content"
     POPULARITY = "popularity"
+    NEURAL = "neural"
 
 
 # the order in which sources speak when their models add equally
@@ -116,8 +152,25 @@ _SOURCES = (
     Source.ITEM_NEIGHBORS,
     Source.CONTENT,
     Source.MATRIX_FACTORIZATION,
+    Source.USER_NEIGHBORS,
+    Source.NEURAL,
     Source.POPULARITY,
 )
+
+MODEL_SOURCES: dict[str, Source] = {
+    "item_knn": Source.ITEM_NEIGHBORS,
+    "ease": Source.ITEM_NEIGHBORS,
+    "content": Source.CONTENT,
+    "als": Source.MATRIX_FACTORIZATION,
+    "bpr": Source.MATRIX_FACTORIZATION,
+    "explicit_mf": Source.MATRIX_FACTORIZATION,
+    "user_knn": Source.USER_NEIGHBORS,
+    "neural": Source.NEURAL,
+    "popularity": Source.POPULARITY,
+}
+"""Source of an item the meta-ranker serves, by the base model ranking it
+highest in the pool; on equal ranks the model listed first speaks. EASE is an
+item-item model. A model not listed counts as matrix factorisation."""
 
 
 class EventSource(Protocol):
@@ -233,6 +286,7 @@ class Reader:
     known: bool
     session: np.ndarray
     events_failed: bool = False
+    training_row: int | None = None
 
     @property
     def strategy(self) -> Strategy:
@@ -248,8 +302,8 @@ class _Call:
     cancelled: Callable[[], bool]
     stage: str = "start"
 
-    def enough_time(self, stage: str) -> bool:
-        """False when less than the margin is left; raises if cancelled.
+    def enough_time(self, stage: str, reserve: float = 0.0) -> bool:
+        """False when less than the margin (plus ``reserve``) is left.
 
         Raises
         ------
@@ -259,7 +313,7 @@ class _Call:
         self.stage = stage
         if self.cancelled():
             raise Cancelled("the call was cancelled")
-        return time.monotonic() + self.margin < self.deadline
+        return time.monotonic() + self.margin + reserve < self.deadline
 
 
 @dataclass(frozen=True)
@@ -271,6 +325,22 @@ class _Scored:
     normalised: dict[str, np.ndarray]
     weights: dict[str, float]
     sources: dict[Source, set[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    """Candidates ready to rank: the blend, the relevance, who found each.
+
+    ``relevance`` (aligned with ``scored.items``) orders the list before
+    re-ranking: the blended score, or the meta-ranker's. ``source_of`` maps a
+    position to the source that speaks for it; ``by_ranker`` says which path
+    made the relevance.
+    """
+
+    scored: _Scored
+    relevance: np.ndarray
+    source_of: Callable[[int], Source]
+    by_ranker: bool = False
 
 
 class Recommender:
@@ -305,6 +375,7 @@ class Recommender:
         query: RecommendQuery,
         deadline: float = math.inf,
         cancelled: Callable[[], bool] = lambda: False,
+        context: RequestContext | None = None,
     ) -> Recommendations:
         """Rank books for one reader (module docstring for every stage).
 
@@ -318,6 +389,8 @@ class Recommender:
             ``time.monotonic()`` value by which the answer must be ready.
         cancelled : callable
             True once the client has gone away.
+        context : RequestContext or None
+            Local hour, weekday and device of the request, for the ranker.
 
         Returns
         -------
@@ -344,30 +417,29 @@ class Recommender:
         # the session's own books are what the reader is looking at: never shown
         hidden = np.union1d(excluded, reader.session)
         allowed = _Allowed(bundle, query.filters, reader.seen, hidden)
-        found = self._sources(bundle, reader, query)
-        candidates = _candidates(bundle, found, query, allowed)
-        if len(candidates) == 0:
-            reason = _nothing_left(bundle, query.filters, reader, allowed)
-            return self._empty(bundle, reader.strategy, reason, ignored)
-        if not call.enough_time("scoring"):
-            return self._degraded(bundle, query, reader, excluded, ignored, call)
-
-        scored = self._score(bundle, reader.profile, candidates)
-        if scored is None:
-            return self._fallback(bundle, query, reader, allowed, ignored)
+        ranked: _Ranked | Recommendations | None = None
+        if (
+            bundle.ranker is not None
+            and reader.history
+            and call.enough_time("ranker", reserve=self.deadline_margin_s)
+        ):
+            ranked = self._ranked(bundle, reader, query, allowed, context)
+        if ranked is None:
+            ranked = self._blended(bundle, reader, query, allowed, call, ignored)
+        if isinstance(ranked, Recommendations):
+            return ranked
         if not call.enough_time("ranking"):
             return self._degraded(bundle, query, reader, excluded, ignored, call)
 
-        scored = _with_sources(scored, found)
-        items = self._items(bundle, reader, scored, query.n)
+        items = self._items(bundle, reader, ranked, query.n)
         return Recommendations(
             items=items,
             strategy=reader.strategy,
-            strategy_reason=_strategy_reason(reader),
+            strategy_reason=_strategy_reason(reader, ranked, bundle.rerank),
             model_version=bundle.version,
             experiment_variant=self.experiment.variant,
             ignored_unknown_ids=ignored,
-            candidates_scored=len(candidates),
+            candidates_scored=len(ranked.scored.items),
             degraded=reader.events_failed,
             degraded_reason=(
                 "tracked events could not be read; training history served"
@@ -415,6 +487,7 @@ class Recommender:
             known=row is not None,
             session=session,
             events_failed=failed,
+            training_row=row,
         )
 
     def _tracked(
@@ -468,6 +541,99 @@ class Recommender:
             )[0]
         return found
 
+    def _blended(
+        self,
+        bundle: ServingBundle,
+        reader: Reader,
+        query: RecommendQuery,
+        allowed: _Allowed,
+        call: _Call,
+        ignored: int,
+    ) -> _Ranked | Recommendations:
+        """Stages 2-3: candidates from every source, scored and blended.
+
+        Returns the finished answer instead when nothing passes the filters,
+        the scores are not finite, or time runs short.
+        """
+        found = self._sources(bundle, reader, query)
+        candidates = _candidates(bundle, found, query, allowed)
+        if len(candidates) == 0:
+            reason = _nothing_left(bundle, query.filters, reader, allowed)
+            return self._empty(bundle, reader.strategy, reason, ignored)
+        if not call.enough_time("scoring"):
+            return self._degraded(
+                bundle, query, reader, allowed.excluded, ignored, call
+            )
+
+        scored = self._score(bundle, reader.profile, candidates)
+        if scored is None:
+            return self._fallback(bundle, query, reader, allowed, ignored)
+        scored = _with_sources(scored, found)
+        return _Ranked(
+            scored,
+            scored.blended.astype(np.float64),
+            lambda position: _speaking_source(scored, position),
+        )
+
+    def _ranked(
+        self,
+        bundle: ServingBundle,
+        reader: Reader,
+        query: RecommendQuery,
+        allowed: _Allowed,
+        context: RequestContext | None,
+    ) -> _Ranked | None:
+        """Stage 4: the meta-ranker's pool and scores; None hands the call to
+        the blend (ranker failure, scores not finite, nothing allowed)."""
+        ranker = bundle.ranker
+        if ranker is None:
+            return None
+        profile = reader.profile
+        forbidden = np.flatnonzero(~allowed.everywhere())
+        try:
+            pool, base = ranker.candidates(bundle.models, profile, exclude=forbidden)
+            rows = ranker.build(
+                pool, base, profile, reader=reader.training_row, context=context
+            )
+            relevance = np.asarray(ranker.score(rows), dtype=np.float64)
+        except (ValueError, IndexError, RuntimeError):
+            logger.warning("meta-ranker failed; serving the blend", exc_info=True)
+            return None
+        if relevance.shape != pool.shape or not np.all(np.isfinite(relevance)):
+            logger.warning("meta-ranker scores not finite; serving the blend")
+            return None
+
+        # too few pooled books pass the filters: the blend's candidates below
+        found: dict[Source, np.ndarray] = {}
+        extra = np.zeros(0, np.int64)
+        if len(pool) < query.n:
+            found = self._sources(bundle, reader, query)
+            extra = np.setdiff1d(_candidates(bundle, found, query, allowed), pool)
+        items = np.union1d(pool, extra)
+        if len(items) == 0:
+            return None
+        scored = self._score(bundle, profile, items)
+        if scored is None:
+            return None
+        scored = _with_sources(scored, found)
+
+        # relevance and source by position in ``items`` (ascending rows)
+        in_pool = np.isin(items, pool)
+        full = np.empty(len(items), dtype=np.float64)
+        full[in_pool] = relevance
+        if not in_pool.all():
+            floor = float(relevance.min()) - 1.0 if len(relevance) else 0.0
+            full[~in_pool] = floor + 0.5 * min_max(scored.blended[~in_pool])
+        pooled = _pool_sources(base, ranker.base_models)
+        slot = np.cumsum(in_pool) - 1
+
+        def source_of(position: int) -> Source:
+            if in_pool[position]:
+                return pooled[int(slot[position])]
+            return _speaking_source(scored, position)
+
+        return _Ranked(scored, full, source_of, by_ranker=True)
+
     def _score(
         self, bundle: ServingBundle, profile: UserProfile, items: np.ndarray
     ) -> _Scored | None:
@@ -485,23 +651,24 @@ class Recommender:
         return _Scored(items, blended, normalised, weights)
 
     def _items(
-        self, bundle: ServingBundle, reader: Reader, scored: _Scored, n: int
+        self, bundle: ServingBundle, reader: Reader, ranked: _Ranked, n: int
     ) -> list[Item]:
-        """The best ``n`` candidates as answer items, with confidence and reason."""
-        ids = bundle.catalogue.item_ids[scored.items]
-        order = np.lexsort((ids, -scored.blended))[:n]
+        """The best ``n`` candidates (re-ranked when the bundle says so) as
+        answer items, with their final score, confidence and reason."""
+        scored = ranked.scored
+        positions, final = _final_order(bundle, scored.items, ranked.relevance, n)
         agree = _agreement(scored, max(3 * n, 30))
         factor = _history_factor(reader)
-        content_anchor = self._content_anchors(bundle, reader, scored.items[order])
+        content_anchor = self._content_anchors(bundle, reader, scored.items[positions])
         items = []
-        for position in order:
+        for position, score in zip(positions.tolist(), final.tolist(), strict=True):
             row = int(scored.items[position])
-            source = _speaking_source(scored, position, row)
+            source = ranked.source_of(position)
             items.append(
                 _item(
                     bundle,
                     row,
-                    float(scored.blended[position]),
+                    float(score),
                     float(agree[position] * factor),
                     self._reason(bundle, reader, source, row, content_anchor),
                     source,
@@ -532,6 +699,8 @@ class Recommender:
             return f"Similar to {_title(bundle, content_anchor[row])}"
         if source is Source.POPULARITY:
             return "Popular with readers"
+        if source is Source.USER_NEIGHBORS and reader.history:
+            return "Readers with tastes like yours read this"
         if not reader.history:
             return "Matches the books you are looking at"
         return "Matches your reading"
@@ -584,18 +753,23 @@ class Recommender:
         allowed: _Allowed,
         ignored: int,
     ) -> Recommendations:
-        """Popular books that pass the filters, after personal scores failed."""
+        """Popular books that pass the filters, after personal scores failed
+        (re-ranked when the bundle says so)."""
+        wanted = query.n if bundle.rerank is None else _rerank_depth(query.n)
+        rows = allowed.popular(wanted)
+        relevance = 1.0 / (1.0 + np.arange(len(rows), dtype=np.float64))
+        positions, final = _final_order(bundle, rows, relevance, query.n)
         items = [
             _item(
                 bundle,
-                int(row),
-                1.0 / (1 + rank),
+                int(rows[position]),
+                float(score),
                 FALLBACK_CONFIDENCE,
                 "Popular with readers",
                 Source.POPULARITY,
-                bool(np.isin(row, reader.seen)),
+                bool(np.isin(rows[position], reader.seen)),
             )
-            for rank, row in enumerate(allowed.popular(query.n))
+            for position, score in zip(positions.tolist(), final.tolist(), strict=True)
         ]
         return Recommendations(
             items=items,
@@ -622,10 +796,21 @@ class Recommender:
         """
         reader = reader or _training_only(bundle, query.user_id)
         allowed = _Allowed(bundle, query.filters, reader.seen, excluded)
-        fallback = self._fallback(bundle, query, reader, allowed, ignored)
+        items = [
+            _item(
+                bundle,
+                int(row),
+                1.0 / (1 + rank),
+                FALLBACK_CONFIDENCE,
+                "Popular with readers",
+                Source.POPULARITY,
+                bool(np.isin(row, reader.seen)),
+            )
+            for rank, row in enumerate(allowed.popular(query.n))
+        ]
         logger.warning("deadline near before %s; degraded answer", call.stage)
         return Recommendations(
-            items=fallback.items,
+            items=items,
             strategy=Strategy.FALLBACK,
             strategy_reason="too little time left; popular books served",
             model_version=bundle.version,
@@ -648,7 +833,10 @@ class Recommender:
         """Why ``query.book_id`` suits ``query.user_id``: each model's part.
 
         The book is scored together with the reader's usual candidates, so its
-        normalised scores mean what they mean in Recommend.
+        normalised scores mean what they mean in Recommend. With a meta-ranker
+        and a reader with a history, the book's place in the ranker's pool
+        (no filters, no request context) is one more reason, and its ranker
+        score is the explained score; otherwise that is the blended score.
 
         Raises
         ------
@@ -677,15 +865,21 @@ class Recommender:
         scored = self._score(bundle, reader.profile, pool)
         position = int(np.searchsorted(pool, row))
         contributions = _contributions(scored, position) if scored else []
+        score = float(scored.blended[position]) if scored else 0.0
+        place = None
+        if scored and call.enough_time("ranker", reserve=self.deadline_margin_s):
+            place = _ranker_place(bundle, reader, row)
+        if place is not None:
+            score = place.score
         already_seen = bool(np.isin(row, reader.seen))
         title, author, _ = _meta(bundle, row)
         return Explanation(
             book_id=str(bundle.catalogue.item_ids[row]),
             title=title,
             author=author,
-            reasons=self._explain_reasons(bundle, reader, row, scored, position),
+            reasons=self._explain_reasons(bundle, reader, row, scored, position, place),
             contributions=contributions,
-            score=float(scored.blended[position]) if scored else 0.0,
+            score=score,
             strategy=reader.strategy if scored else Strategy.FALLBACK,
             model_version=bundle.version,
             already_seen=already_seen,
@@ -700,6 +894,7 @@ class Recommender:
         row: int,
         scored: _Scored | None,
         position: int,
+        place: _Place | None = None,
     ) -> list[str]:
         """Every reason that holds for this reader and book, strongest kind first."""
         reasons = []
@@ -720,6 +915,11 @@ class Recommender:
             reasons.append("Popular with readers")
         if bundle.readers_per_item[row] == 0:
             reasons.append("No reader of this book is known to the models yet")
+        if place is not None:
+            reasons.append(
+                f"The meta-ranker placed it at rank {place.rank} of the "
+                f"{place.size} books in your pool"
+            )
         return reasons or ["Little links this book to the reader's history"]
 
 
@@ -749,6 +949,24 @@ class _Allowed:
         if f.exclude_authors:
             keep &= ~np.isin(bundle.author_keys[rows], list(f.exclude_authors))
         years = bundle.catalogue.years[rows]
+        if f.min_year is not None:
+            keep &= (years != 0) & (years >= f.min_year)
+        if f.max_year is not None:
+            keep &= (years != 0) & (years <= f.max_year)
+        return keep
+
+    def everywhere(self) -> np.ndarray:
+        """(n_items,) bool: ``mask`` over the whole catalogue, by direct index."""
+        f, bundle = self.filters, self.bundle
+        keep = np.ones(bundle.n_items, dtype=bool)
+        keep[self.excluded] = False
+        if not f.include_already_read:
+            keep[self.seen] = False
+        if f.only_authors:
+            keep &= np.isin(bundle.author_keys, list(f.only_authors))
+        if f.exclude_authors:
+            keep &= ~np.isin(bundle.author_keys, list(f.exclude_authors))
+        years = np.asarray(bundle.catalogue.years)
         if f.min_year is not None:
             keep &= (years != 0) & (years >= f.min_year)
         if f.max_year is not None:
@@ -787,7 +1005,9 @@ def _training_only(bundle: ServingBundle, raw_user_id: str) -> Reader:
     seen = np.unique(items)
     profile = UserProfile(row, items, weights)
     none = _no_history()[0]
-    return Reader(user_id, profile, seen, seen, len(seen), row is not None, none)
+    return Reader(
+        user_id, profile, seen, seen, len(seen), row is not None, none, False, row
+    )
 
 
 def _book_rows(bundle: ServingBundle, raw_ids: Sequence[str]) -> tuple[np.ndarray, int]:
@@ -867,7 +1087,7 @@ def _with_sources(scored: _Scored, found: Mapping[Source, np.ndarray]) -> _Score
     )
 
 
-def _speaking_source(scored: _Scored, position: int, row: int) -> Source:
+def _speaking_source(scored: _Scored, position: int) -> Source:
     """Of the sources that found the item, the one whose model adds most."""
     best, best_part = Source.POPULARITY, -1.0
     for source in _SOURCES:
@@ -880,6 +1100,148 @@ def _speaking_source(scored: _Scored, position: int, row: int) -> Source:
         if part > best_part:
             best, best_part = source, part
     return best
+
+
+def _pool_sources(
+    scores: Mapping[str, np.ndarray], base_models: Sequence[str]
+) -> list[Source]:
+    """Per pooled candidate, the source of the base model ranking it highest.
+
+    Parameters
+    ----------
+    scores : dict of str to (c,) float
+        Each base model's scores of the pool.
+    base_models : sequence of str
+
+    Returns
+    -------
+    list of Source, (c,) long
+        Equal ranks go to the model listed first in :data:`MODEL_SOURCES`.
+    """
+    preference = list(MODEL_SOURCES)
+    names = sorted(
+        base_models,
+        key=lambda m: preference.index(m) if m in preference else len(preference),
+    )
+    if not names:
+        return []
+    stacked = np.stack([ranks(np.asarray(scores[m])) for m in names])
+    best = np.argmin(stacked, axis=0)
+    return [MODEL_SOURCES.get(names[int(b)], Source.MATRIX_FACTORIZATION) for b in best]
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where the meta-ranker puts one book in the reader's pool."""
+
+    rank: int
+    size: int
+    score: float
+
+
+def _ranker_place(bundle: ServingBundle, reader: Reader, row: int) -> _Place | None:
+    """The book's rank (1 = first) and score in the reader's ranker pool.
+
+    None without a ranker, for a reader without history, when the book is
+    not in the pool, or when the ranker fails.
+    """
+    ranker = bundle.ranker
+    if ranker is None or not reader.history:
+        return None
+    try:
+        pool, base = ranker.candidates(bundle.models, reader.profile)
+        rows = ranker.build(pool, base, reader.profile, reader=reader.training_row)
+        scores = ranker.score(rows)
+    except (ValueError, IndexError, RuntimeError):
+        logger.warning("meta-ranker failed while explaining", exc_info=True)
+        return None
+    hits = np.flatnonzero(pool == row)
+    if len(hits) == 0 or not np.all(np.isfinite(scores)):
+        return None
+    mine = scores[hits[0]]
+    return _Place(int((scores > mine).sum()) + 1, len(pool), float(mine))
+
+
+def _rerank_depth(n: int) -> int:
+    return max(RERANK_DEPTH * n, MIN_RERANK)
+
+
+def _final_order(
+    bundle: ServingBundle, rows: np.ndarray, relevance: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the answer in ``rows`` and their final scores.
+
+    Parameters
+    ----------
+    bundle : ServingBundle
+        Its ``rerank`` settings decide whether MMR runs.
+    rows : (c,) int64
+        Distinct candidate rows.
+    relevance : (c,) float
+        Higher is better.
+    n : int
+        Items wanted.
+
+    Returns
+    -------
+    positions : (m,) int64, m <= n
+        Into ``rows``, best first: by final score descending, ties by book id.
+    scores : (m,) float64
+        The relevance without re-ranking, MMR's score with it.
+    """
+    ids = bundle.catalogue.item_ids[rows]
+    order = np.lexsort((ids, -relevance))
+    settings = bundle.rerank
+    if settings is None:
+        top = order[:n]
+        return top, np.asarray(relevance[top], dtype=np.float64)
+
+    top = order[: _rerank_depth(n)]
+    extra = dict(settings.extra)
+    if settings.with_popularity:
+        extra["popularity"] = bundle.readers_per_item[rows[top]].astype(np.float64)
+    try:
+        picked, scores = mmr(
+            rows[top],
+            relevance[top],
+            _embedding(bundle, rows[top], settings.embedding),
+            n,
+            diversity=settings.diversity,
+            similarity_threshold=settings.similarity_threshold,
+            authors=list(bundle.author_keys[rows[top]]),
+            max_per_author=settings.max_per_author,
+            **extra,
+        )
+    except (ValueError, TypeError):
+        logger.warning("re-ranking failed; relevance order served", exc_info=True)
+        return order[:n], np.asarray(relevance[order[:n]], dtype=np.float64)
+
+    # MMR's scores are a running minimum: ties happen, and go to the book id
+    where = {
+        int(row): int(position) for row, position in zip(rows[top], top, strict=True)
+    }
+    positions = np.array([where[int(row)] for row in picked], dtype=np.int64)
+    again = np.lexsort((ids[positions], -scores))
+    return positions[again], np.asarray(scores[again], dtype=np.float64)
+
+
+def _embedding(bundle: ServingBundle, rows: np.ndarray, preferred: str) -> Any:
+    """(len(rows), d) item vectors for MMR's similarity.
+
+    ALS item factors or TF-IDF rows, ``preferred`` first; a zero column (no
+    book like another) when the bundle has neither.
+    """
+    for name in (preferred, *(e for e in ("als", "content") if e != preferred)):
+        model = bundle.models.get(name)
+        if name == "als" and model is not None:
+            factors = getattr(model, "item_factors", None)
+            if factors is not None:
+                return np.asarray(factors[rows], dtype=np.float32)
+        if name == "content" and model is not None:
+            tfidf = getattr(model, "tfidf_", None)
+            if tfidf is not None:
+                return tfidf[rows]
+    return np.zeros((len(rows), 1), dtype=np.float32)
 
 
 def _text_cosines(content: Model, seeds: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -934,7 +1296,9 @@ def _contributions(scored: _Scored, position: int) -> list[Contribution]:
     ]
 
 
-def _strategy_reason(reader: Reader) -> str:
+def _strategy_reason(
+    reader: Reader, ranked: _Ranked, rerank: RerankSettings | None
+) -> str:
     session = len(reader.session)
     if reader.history:
         text = f"personalised from {reader.history} books of reading history"
@@ -942,6 +1306,10 @@ def _strategy_reason(reader: Reader) -> str:
         text = "unknown reader: popular books"
     if session:
         text += f" and {session} session books"
+    if ranked.by_ranker:
+        text += ", ordered by the meta-ranker"
+    if rerank is not None:
+        text += ", re-ranked for diversity"
     return text
 
 

@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from bookverse.models.features import RequestContext
 from bookverse.models.ids import normalize_user_id
 from bookverse.recommendations.v1 import recommendations_pb2 as pb
 from bookverse.recommendations.v1 import recommendations_pb2_grpc as pb_grpc
@@ -64,9 +65,22 @@ STRATEGIES = {
 SOURCES = {
     Source.MATRIX_FACTORIZATION: pb.SOURCE_MATRIX_FACTORIZATION,
     Source.ITEM_NEIGHBORS: pb.SOURCE_ITEM_NEIGHBORS,
+    Source.USER_NEIGHBORS: pb.SOURCE_USER_NEIGHBORS,
     Source.CONTENT: pb.SOURCE_CONTENT,
     Source.POPULARITY: pb.SOURCE_POPULARITY,
+    Source.NEURAL: pb.SOURCE_NEURAL,
 }
+DEVICES = {
+    pb.DEVICE_WEB: "web",
+    pb.DEVICE_MOBILE: "mobile",
+    pb.DEVICE_TABLET: "tablet",
+    pb.DEVICE_EREADER: "ereader",
+}
+"""Device of the proto -> the ranker's device value (``DEVICE_UNSPECIFIED``
+is unknown)."""
+SECONDS_PER_DAY = 86_400
+EPOCH_WEEKDAY = 3
+"""1970-01-01 was a Thursday (0 = Monday)."""
 
 
 class BundleSource(Protocol):
@@ -136,7 +150,11 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         query = validate_recommend(request)
         bundle = self.bundles.current()
         answer = self.recommender.recommend(
-            bundle, query, _deadline(context), lambda: not context.is_active()
+            bundle,
+            query,
+            _deadline(context),
+            lambda: not context.is_active(),
+            request_context(request.context),
         )
         self._count(answer)
         return _recommend_response(answer, query.request_id)
@@ -198,6 +216,24 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             self.metrics.ignored_ids.inc(answer.ignored_unknown_ids)
         if answer.degraded:
             self.metrics.degraded.labels(reason=answer.degraded_code).inc()
+
+
+def request_context(context: pb.Context) -> RequestContext:
+    """The reader's local hour and weekday (0 = Monday) and device.
+
+    The local time is ``local_time`` shifted by ``utc_offset_minutes``; hour
+    and weekday are None when ``local_time`` is unset, the device when it is
+    ``DEVICE_UNSPECIFIED``. Expects a validated context.
+    """
+    device = DEVICES.get(context.device)
+    if not context.HasField("local_time"):
+        return RequestContext(device=device)
+
+    # integer arithmetic: any int64 instant works, no calendar overflow
+    seconds = context.local_time.seconds + 60 * context.utc_offset_minutes
+    days, in_day = divmod(seconds, SECONDS_PER_DAY)
+    weekday = (days + EPOCH_WEEKDAY) % 7
+    return RequestContext(hour=in_day // 3600, weekday=weekday, device=device)
 
 
 def _at_edge(
