@@ -11,14 +11,18 @@ one genre.
 The server fixture starts the real server in-process with ``create_server``
 on 127.0.0.1, port 0, with a temporary events database, and yields a channel
 and stubs.
+
+``ranker_published`` is the same data and models with a small real
+meta-ranker beside them (``training.ranker.fit_meta_ranker`` with small
+settings), published without re-ranking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -32,6 +36,9 @@ from bookverse.recommendations.v1 import recommendations_pb2_grpc as pb_grpc
 from bookverse.server.app import Runtime, create_server
 from bookverse.server.config import ServerConfig
 
+if TYPE_CHECKING:
+    from bookverse.models.ranker import MetaRanker
+
 BOOKCROSSING = Path(__file__).resolve().parents[1] / "data" / "bookcrossing"
 SLICE_READERS = 2000
 
@@ -42,6 +49,15 @@ MODEL_PARAMS: dict[str, dict[str, Any]] = {
     "content": {},
 }
 BLEND_WEIGHTS = {"als": 0.45, "item_knn": 0.3, "content": 0.1, "popularity": 0.15}
+
+RANKER_SETTINGS: dict[str, Any] = {
+    "max_readers": 300,
+    "pool": 30,
+    "objectives": ("rank:ndcg",),
+    "n_folds": 1,
+    "nthread": 1,
+}
+"""A small real meta-ranker: few readers, one objective, one fold."""
 
 GENRES = ("mystery", "romance", "science fiction", "history", "fantasy", "poetry")
 WORDS = {
@@ -168,9 +184,22 @@ def publish_bundle(
     dataset: Dataset,
     models: dict[str, Model],
     version: str | None = None,
+    *,
+    ranker: MetaRanker | None = None,
+    rerank: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write and atomically publish a bundle under ``root``; its version."""
+    """Write and atomically publish a bundle under ``root``; its version.
+
+    ``ranker`` and ``rerank`` go into the bundle as the training pipeline
+    writes them (``meta_ranker/``, ``manifest["ranker"]``, ``["rerank"]``).
+    """
     from bookverse.training.publish import publish, write_bundle
+
+    sections: dict[str, Any] = {}
+    if ranker is not None:
+        sections["ranker"] = ranker
+    if rerank is not None:
+        sections["rerank"] = rerank
 
     def build(folder: Path, version: str) -> None:
         write_bundle(
@@ -180,9 +209,17 @@ def publish_bundle(
             version=version,
             blend_weights=BLEND_WEIGHTS,
             fingerprint=f"test-{dataset.name}-{dataset.n_interactions}",
+            **sections,
         )
 
     return publish(root, build, version)
+
+
+def fit_ranker(dataset: Dataset) -> MetaRanker:
+    """A small real meta-ranker over the served model families."""
+    from bookverse.training.ranker import fit_meta_ranker
+
+    return fit_meta_ranker(MODEL_PARAMS, dataset, **RANKER_SETTINGS)
 
 
 @pytest.fixture(scope="session")
@@ -208,6 +245,28 @@ def published(
     """A bundle of the real model classes, published under a temp root."""
     root = tmp_path_factory.mktemp("artifacts")
     version = publish_bundle(root, serving_data.dataset, fitted_models)
+    return Published(root, version, serving_data)
+
+
+@pytest.fixture(scope="session")
+def meta_ranker(serving_data: ServingData) -> MetaRanker:
+    """A small meta-ranker trained on the serving data (its base models are
+    the served ones, refitted on all the data by ``fitted_models``)."""
+    return fit_ranker(serving_data.dataset)
+
+
+@pytest.fixture(scope="session")
+def ranker_published(
+    tmp_path_factory: pytest.TempPathFactory,
+    serving_data: ServingData,
+    fitted_models: dict[str, Model],
+    meta_ranker: MetaRanker,
+) -> Published:
+    """``published`` with the meta-ranker beside the models; no re-ranking."""
+    root = tmp_path_factory.mktemp("ranker-artifacts")
+    version = publish_bundle(
+        root, serving_data.dataset, fitted_models, ranker=meta_ranker
+    )
     return Published(root, version, serving_data)
 
 
