@@ -617,7 +617,8 @@ class Recommender:
             return None
         scored = _with_sources(scored, found)
 
-        # relevance and source by position in ``items`` (ascending rows)
+        # relevance and source by position in ``items``; both ``items`` and
+        # ``pool`` ascend, so the pooled positions take ``relevance`` in order
         in_pool = np.isin(items, pool)
         full = np.empty(len(items), dtype=np.float64)
         full[in_pool] = relevance
