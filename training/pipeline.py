@@ -86,14 +86,15 @@ class TrainOptions:
     evaluate: bool = True
     max_users: int | None = None
     ranker: bool = True
+    ranker_bases: tuple[str, ...] = RANKER_BASES
     ranker_pool: int = 50
     ranker_readers: int = 3000
     ranker_objectives: tuple[str, ...] = ("rank:pairwise",)
     rerank: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_RERANK)
 
     def ranker_specs(self) -> dict[str, Mapping[str, Any]]:
-        """The base models of the meta-ranker: ``RANKER_BASES`` that are fitted."""
-        return {n: p for n, p in self.models.items() if n in RANKER_BASES}
+        """The base models of the meta-ranker: ``ranker_bases`` that are fitted."""
+        return {n: p for n, p in self.models.items() if n in self.ranker_bases}
 
 
 @dataclass
