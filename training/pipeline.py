@@ -56,9 +56,8 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
     "ease": {"regularization": 400.0, "max_items": 6000},
 }
 
-# base models whose scores the meta-ranker learns from (content scores the
-# whole catalogue slowly and adds little next to the others)
-RANKER_BASES = ("popularity", "als", "item_knn", "user_knn", "ease")
+# base models whose scores the meta-ranker learns from
+RANKER_BASES = ("popularity", "als", "item_knn", "user_knn", "ease", "content")
 
 # re-ranking the server applies after the hybrid (manifest "rerank")
 DEFAULT_RERANK: dict[str, Any] = {
@@ -239,7 +238,9 @@ def train(options: TrainOptions, timer: StepTimer | None = None) -> str:
         timer.echo(format_table(table, options.k))
 
     served = fit_models(data, options.models, timer, "all data")
-    ranker = fit_ranker(data, options, timer, "all data") if options.ranker else None
+    ranker = None
+    if options.ranker and _ranker_earns_its_place(table, options.k, timer):
+        ranker = fit_ranker(data, options, timer, "all data")
     with timer.step("publish"):
         build = partial(
             _build,
@@ -262,6 +263,24 @@ def train(options: TrainOptions, timer: StepTimer | None = None) -> str:
         f"took {served_steps:.0f} s, all steps {sum(timer.durations.values()):.0f} s"
     )
     return version
+
+
+def _ranker_earns_its_place(
+    table: Mapping[str, Mapping[str, float]], k: int, timer: StepTimer
+) -> bool:
+    """Serve the meta-ranker only where the evaluation (when it ran) shows it
+    ranking better than the weighted blend it replaces."""
+    metric = f"ndcg@{k}"
+    if "meta_ranker" not in table or "weighted_blend" not in table:
+        return True
+    ranker, blend = table["meta_ranker"][metric], table["weighted_blend"][metric]
+    if ranker > blend:
+        return True
+    timer.echo(
+        f"   the meta-ranker ({metric} {ranker:.4f}) does not beat the weighted "
+        f"blend ({blend:.4f}) here: serving the blend"
+    )
+    return False
 
 
 def _build(
