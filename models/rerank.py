@@ -17,6 +17,25 @@ item factors, TF-IDF rows, ...). ``lambda = 0`` keeps the relevance order;
   (an empty author is no author, never capped); a capped list may come out
   shorter than asked.
 
+Two levers act across readers' lists rather than within one, for catalogue
+coverage (Abdollahpouri et al., "Managing popularity bias in recommender
+systems with personalized re-ranking", FLAIRS 2019, and the popularity
+penalties reviewed there):
+
+- a pool: only the ``pool`` most relevant candidates are re-ranked, so a
+  deep candidate list does not let weak items in;
+- a popularity penalty on relevance, before the MMR step,
+
+      rel'(j) = rel(j) - beta * pop(j),
+      pop(j) = log(1 + count(j)) / log(1 + max_i count(i)),
+
+  with ``count`` the readers of each candidate (the max over the candidates
+  re-ranked), so the most read candidate loses ``beta`` and an unread one
+  nothing;
+- a head: the first ``head`` places go by relevance alone (no penalty, no
+  diversity), so the lower places, which nDCG discounts most, absorb the
+  re-ranking.
+
 It runs at request time on a few hundred candidates, with numpy only.
 """
 
@@ -65,6 +84,11 @@ def mmr(
     similarity_threshold: float | None = None,
     authors: Sequence[str] | None = None,
     max_per_author: int | None = None,
+    *,
+    popularity: np.ndarray | None = None,
+    popularity_penalty: float = 0.0,
+    pool: int | None = None,
+    head: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank candidates for relevance and diversity, greedily.
 
@@ -90,12 +114,24 @@ def mmr(
         ``max_per_author``.
     max_per_author : int or None, default None
         At most this many books of one author (>= 1); ``None``: no cap.
+    popularity : (c,) array, optional
+        Readers of each candidate (finite, >= 0); needed with a positive
+        ``popularity_penalty``.
+    popularity_penalty : float, default 0.0
+        ``beta`` >= 0, taken off the normalised relevance of the most read
+        candidate (see the module notes); 0 leaves relevance as it is.
+    pool : int or None, default None
+        Re-rank only the ``pool`` (>= 1) most relevant candidates, ties to the
+        lower item index; ``None`` re-ranks them all.
+    head : int, default 0
+        The first ``head`` (>= 0) picks maximise the normalised relevance
+        alone; the threshold and the author cap still apply to them.
 
     Returns
     -------
     items : (m,) int64
-        The chosen candidates in list order, ``m <= min(n, c)`` (fewer only
-        when the author cap leaves too few).
+        The chosen candidates in list order, ``m <= min(n, c, pool)`` (fewer
+        only when the author cap leaves too few).
     scores : (m,) float32
         The running minimum of each pick's marginal score: non-increasing, so
         sorting the items by it (stably) keeps the list order.
@@ -108,10 +144,23 @@ def mmr(
     candidates, relevance = _check(
         candidates, relevance, n, diversity, similarity_threshold, max_per_author
     )
-    sims = _similarities(similarity, candidates)
+    counts = _check_popularity(
+        popularity, popularity_penalty, pool, head, len(candidates)
+    )
     capped = _author_codes(authors, len(candidates), max_per_author)
 
+    # the pool: the most relevant candidates, everything else is dropped
+    if pool is not None and pool < len(candidates):
+        kept = _most_relevant(candidates, relevance, pool)
+        similarity = _rows(similarity, kept, len(candidates))
+        candidates, relevance, capped = candidates[kept], relevance[kept], capped[kept]
+        counts = None if counts is None else counts[kept]
+    sims = _similarities(similarity, candidates)
+
     relevance = min_max(relevance)
+    plain = relevance.astype(np.float64)
+    if counts is not None and popularity_penalty > 0:
+        relevance = relevance - popularity_penalty * _log_popularity(counts)
     base = (1.0 - diversity) * relevance.astype(np.float64)
     max_sim = np.zeros(len(candidates))
     open_ = np.ones(len(candidates), dtype=bool)
@@ -126,8 +175,10 @@ def mmr(
             within = open_ & (max_sim <= similarity_threshold)
             eligible = within if within.any() else open_
 
-        # best marginal score; ties go to the lower item index
-        values = np.where(eligible, base - diversity * max_sim, -np.inf)
+        # best marginal score (relevance alone in the head); ties go to
+        # the lower item index
+        marginal_now = plain if len(chosen) < head else base - diversity * max_sim
+        values = np.where(eligible, marginal_now, -np.inf)
         best = np.flatnonzero(values == values.max())
         pick = int(best[np.argmin(candidates[best])])
         chosen.append(pick)
@@ -177,6 +228,66 @@ def _check(
     if max_per_author is not None and max_per_author < 1:
         raise ValueError(f"max_per_author must be >= 1 or None, got {max_per_author!r}")
     return candidates, relevance
+
+
+def _check_popularity(
+    popularity: np.ndarray | None,
+    popularity_penalty: float,
+    pool: int | None,
+    head: int,
+    c: int,
+) -> np.ndarray | None:
+    """Validated reader counts (float64), or None when none were given."""
+    if head < 0:
+        raise ValueError(f"head must be >= 0, got {head!r}")
+    if not (np.isfinite(popularity_penalty) and popularity_penalty >= 0):
+        raise ValueError(
+            f"popularity_penalty must be finite and >= 0, got {popularity_penalty!r}"
+        )
+    if pool is not None and pool < 1:
+        raise ValueError(f"pool must be >= 1 or None, got {pool!r}")
+    if popularity is None:
+        if popularity_penalty > 0:
+            raise ValueError(
+                "popularity must give one reader count per candidate with "
+                f"popularity_penalty > 0, got None (penalty {popularity_penalty!r})"
+            )
+        return None
+    counts = np.asarray(popularity, dtype=np.float64)
+    if counts.shape != (c,):
+        raise ValueError(
+            f"popularity must be ({c},), one count per candidate, got {counts.shape}"
+        )
+    if not (np.all(np.isfinite(counts)) and np.all(counts >= 0)):
+        raise ValueError(
+            f"popularity must be finite and >= 0, got minimum {counts.min()!r}"
+        )
+    return counts
+
+
+def _most_relevant(candidates: np.ndarray, relevance: np.ndarray, m: int) -> np.ndarray:
+    """Positions of the m most relevant candidates (non-finite last, ties by item)."""
+    values = np.where(np.isfinite(relevance), relevance, -np.inf)
+    return np.sort(np.lexsort((candidates, -values))[:m])
+
+
+def _rows(similarity: Similarity, kept: np.ndarray, c: int) -> Similarity:
+    """``similarity`` restricted to the candidates at positions ``kept``."""
+    if callable(similarity):
+        return similarity
+    if similarity.ndim != 2 or similarity.shape[0] != c:
+        raise ValueError(
+            f"similarity must be a ({c}, d) matrix aligned with the "
+            f"candidates, got shape {similarity.shape}"
+        )
+    return similarity[kept]
+
+
+def _log_popularity(counts: np.ndarray) -> np.ndarray:
+    """``log(1 + count) / log(1 + max count)`` in [0, 1]; 0 when all are 0."""
+    logs = np.log1p(counts)
+    top = logs.max() if len(logs) else 0.0
+    return logs / top if top > 0 else np.zeros_like(logs)
 
 
 def _similarities(similarity: Similarity, candidates: np.ndarray) -> np.ndarray:
