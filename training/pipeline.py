@@ -59,12 +59,18 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
 # base models whose scores the meta-ranker learns from
 RANKER_BASES = ("popularity", "als", "item_knn", "user_knn", "ease", "content")
 
-# re-ranking the server applies after the hybrid (manifest "rerank")
+# re-ranking the server applies after the hybrid (manifest "rerank"): the
+# setting `bookverse-train evaluate` chose on MovieLens-100k's validation split
+# (popularity penalty on the lower places of a 50-book pool; docs/results),
+# plus a cap of two books per author so that one author never fills a list
 DEFAULT_RERANK: dict[str, Any] = {
-    "diversity": 0.3,
+    "diversity": 0.0,
     "similarity_threshold": None,
     "max_per_author": 2,
     "embedding": "als",
+    "popularity_penalty": 3.0,
+    "pool": 50,
+    "head": 7,
 }
 
 

@@ -82,7 +82,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
 }
 """Base models and the hyperparameters tried on the validation split."""
 NEURAL_PARAMS: dict[str, Any] = {"embedding_dim": 32, "layers": [64, 32], "epochs": 8}
-DEFAULT_OUTPUT = Path("docs/results/movielens100k.md")
+DEFAULT_OUTPUT = Path("docs/results/movielens100k_public_table.md")
 
 
 @dataclass(frozen=True)
