@@ -366,3 +366,79 @@ def test_content_similar_to_prefers_the_same_genre(dataset: Dataset) -> None:
     items, scores = model.similar_to(np.array([0, 3, 6]), 5)
     assert np.all(items % N_GROUPS == 0)
     assert np.all(scores >= model.min_similarity)
+
+
+def _side_catalogue() -> Dataset:
+    """Four books described by genres and authors only."""
+    catalogue = Catalogue(
+        item_ids=np.array(["a", "b", "c", "d"]),
+        titles=["", "", "", ""],
+        authors=["Ann Lee", "ANN LEE ", "Bo Ma", ""],
+        years=np.zeros(4, dtype=np.int32),
+        publishers=["", "", "", ""],
+        genres=[("crime", "drama"), ("crime",), ("drama", "war", "crime"), ()],
+    )
+    return Dataset(
+        "sides",
+        np.array(["u"]),
+        catalogue,
+        np.zeros(1, np.int32),
+        np.zeros(1, np.int32),
+        np.zeros(1, np.float32),
+        np.zeros(1, np.int64),
+        (1.0, 5.0),
+        "plain",
+    )
+
+
+def test_content_genre_jaccard_worked_by_hand() -> None:
+    model = ContentTFIDF(text_weight=0.0, genre_weight=1.0, author_weight=0.0)
+    model.fit(_side_catalogue())
+    # history: book a {crime, drama}, weight 1:
+    # J(a,a) = 1, J(b,a) = 1/2, J(c,a) = 2/3, J(d,a) = 0 (d has no genres)
+    scores = model.score(UserProfile(None, np.array([0]), np.array([1.0])))
+    np.testing.assert_allclose(scores, [1.0, 0.5, 2 / 3, 0.0], rtol=1e-6)
+
+    # history a (weight 1) and b (weight 3): c scores (2/3 * 1 + 1/3 * 3) / 4
+    two = UserProfile(None, np.array([0, 1]), np.array([1.0, 3.0]))
+    expected_c = (2 / 3 * 1 + 1 / 3 * 3) / 4
+    np.testing.assert_allclose(model.score(two)[2], expected_c, rtol=1e-6)
+
+    # mixed with text, each part counts by its weight
+    mixed = ContentTFIDF(text_weight=1.0, genre_weight=1.0, author_weight=0.0)
+    mixed.fit(_side_catalogue())
+    text = ContentTFIDF(text_weight=1.0, genre_weight=0.0, author_weight=0.0)
+    text.fit(_side_catalogue())
+    one = UserProfile(None, np.array([0]), np.array([1.0]))
+    np.testing.assert_allclose(
+        mixed.score(one), (text.score(one) + scores) / 2, rtol=1e-5
+    )
+
+
+def test_content_author_match_is_case_blind_and_skips_unknown() -> None:
+    model = ContentTFIDF(text_weight=0.0, genre_weight=0.0, author_weight=1.0)
+    model.fit(_side_catalogue())
+    # history: a (Ann Lee) weight 1, c (Bo Ma) weight 1; "ANN LEE " is Ann Lee
+    profile = UserProfile(None, np.array([0, 2]), np.array([1.0, 1.0]))
+    np.testing.assert_allclose(model.score(profile), [0.5, 0.5, 0.5, 0.0])
+
+
+def test_content_side_signals_survive_save_and_load(tmp_path: Path) -> None:
+    model = ContentTFIDF(genre_weight=0.7, author_weight=0.3).fit(_side_catalogue())
+    files = model.save(tmp_path)
+    loaded = ContentTFIDF.load(tmp_path, model.params())
+    profile = UserProfile(None, np.array([1]), np.array([2.0]))
+    np.testing.assert_array_equal(model.score(profile), loaded.score(profile))
+    assert len(files) == 3
+
+
+def test_content_retrieval_is_capped_by_max_count(dataset: Dataset) -> None:
+    model = ContentTFIDF(max_count=3, min_similarity=0.0).fit(dataset)
+    items, _ = model.similar_to(np.array([0]), 50)
+    assert len(items) == 3
+
+
+def test_content_refuses_all_zero_weights(dataset: Dataset) -> None:
+    model = ContentTFIDF(text_weight=0.0, genre_weight=0.0, author_weight=0.0)
+    with pytest.raises(ValueError, match="the sum of the weights must be > 0"):
+        model.fit(dataset)

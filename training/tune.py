@@ -90,10 +90,11 @@ def _ease(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def _content(trial: optuna.Trial) -> dict[str, Any]:
-    # min_similarity only cuts similar_to retrieval; ranking ignores it
+    # the text weight stays 1: the other two weights are relative to it
     return {
         "max_features": trial.suggest_int("max_features", 1000, 100_000, log=True),
-        "min_similarity": trial.suggest_float("min_similarity", 0.0, 0.3),
+        "genre_weight": trial.suggest_float("genre_weight", 0.0, 2.0),
+        "author_weight": trial.suggest_float("author_weight", 0.0, 2.0),
     }
 
 
