@@ -698,6 +698,9 @@ class Recommender:
                 return f"Readers of {_title(bundle, anchor)} also read this"
         if source is Source.CONTENT and row in content_anchor:
             return f"Similar to {_title(bundle, content_anchor[row])}"
+        author = _read_author(bundle, reader, row)
+        if author and source in (Source.CONTENT, Source.MATRIX_FACTORIZATION):
+            return f"By {author}, an author you read"
         if source is Source.POPULARITY:
             return "Popular with readers"
         if source is Source.USER_NEIGHBORS and reader.history:
@@ -909,6 +912,9 @@ class Recommender:
         anchors = self._content_anchors(bundle, reader, np.array([row]))
         if row in anchors:
             reasons.append(f"Similar to {_title(bundle, anchors[row])}")
+        author = _read_author(bundle, reader, row)
+        if author:
+            reasons.append(f"By {author}, an author you read")
         als = scored.normalised.get("als") if scored else None
         if als is not None and reader.history and als[position] >= 0.5:
             reasons.append("Matches your reading")
@@ -1295,6 +1301,18 @@ def _contributions(scored: _Scored, position: int) -> list[Contribution]:
         )
         for name, values in sorted(scored.normalised.items())
     ]
+
+
+def _read_author(bundle: ServingBundle, reader: Reader, row: int) -> str:
+    """The book's author as the catalogue spells it, when the reader has read
+    another book by that author (names compared case-folded); else ""."""
+    key = bundle.author_keys[row]
+    if not key or len(reader.seen) == 0:
+        return ""
+    others = reader.seen[reader.seen != row]
+    if not np.any(bundle.author_keys[others] == key):
+        return ""
+    return bundle.catalogue.authors[row].strip()
 
 
 def _strategy_reason(

@@ -325,6 +325,30 @@ def test_explain_names_each_model_part(
     assert answer.score == pytest.approx(top.score, abs=1e-5)
 
 
+def test_explain_names_an_author_the_reader_read(
+    live_server: LiveServer, published: Published
+) -> None:
+    dataset = published.data.dataset
+    authors = np.array([a.strip().casefold() for a in dataset.catalogue.authors])
+    matrix = dataset.user_items()
+    for user in range(dataset.n_users):
+        read = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]]
+        keys = {authors[b] for b in read} - {""}
+        others = np.flatnonzero(np.isin(authors, list(keys)))
+        unread = np.setdiff1d(others, read)
+        if len(unread):
+            break
+    else:
+        pytest.skip("no reader has an unread book by an author they read")
+    book = str(dataset.catalogue.item_ids[unread[0]])
+    answer = live_server.stub.Explain(
+        pb.ExplainRequest(user_id=str(dataset.user_ids[user]), book_id=book),
+        timeout=TIMEOUT,
+    )
+    author = dataset.catalogue.authors[unread[0]].strip()
+    assert f"By {author}, an author you read" in answer.reasons
+
+
 def test_explain_accepts_any_isbn_spelling(
     live_server: LiveServer, published: Published
 ) -> None:
