@@ -154,6 +154,8 @@ def read_pointer(root: Path) -> str | None:
         text = (root / POINTER).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{POINTER}: not UTF-8 text ({exc.reason})") from exc
     return text or None
 
 

@@ -712,7 +712,11 @@ def _weights(manifest: Manifest) -> dict[str, float]:
         if name not in manifest.models:
             raise BundleError(f"manifest.json: blend weight for unknown model {name}")
         if not np.isfinite(weight) or weight < 0:
-            raise BundleError(f"manifest.json: blend weight of {name} must be >= 0")
+            raise BundleError(
+                f"manifest.json: blend weight of {name} must be finite and >= 0"
+            )
+    if not any(weight > 0 for weight in weights.values()):
+        raise BundleError("manifest.json: at least one blend weight must be > 0")
     return weights
 
 

@@ -22,7 +22,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from bookverse.models.bundle import BundleError, read_pointer, version_folder
+from bookverse.models.bundle import (
+    POINTER,
+    BundleError,
+    read_pointer,
+    version_folder,
+)
 from bookverse.server.bundle import ServingBundle
 from bookverse.server.errors import Unavailable
 from bookverse.server.metrics import Metrics
@@ -123,7 +128,15 @@ class ModelStore:
         bool
             True when a new bundle became current.
         """
-        version = read_pointer(self.root)
+        try:
+            version = read_pointer(self.root)
+        except BundleError as exc:
+            # an unreadable pointer is refused once, and again only if it changes
+            marker = f"unreadable:{(self.root / POINTER).stat().st_mtime_ns}"
+            if marker != self._tried:
+                self._tried = marker
+                self._refuse(POINTER, exc, traceback=False)
+            return False
         if version is None or version == self._tried:
             return False
         self._tried = version

@@ -219,3 +219,37 @@ def test_the_poller_thread_picks_up_a_publish(tmp_path: Path, small: Any) -> Non
         assert swapped == [version]
     finally:
         store.stop(timeout=5)
+
+
+def test_an_unreadable_pointer_is_refused_once_and_counted(
+    tmp_path: Path, small: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = publish(tmp_path, small)
+    store = store_for(tmp_path)
+    store.poll()
+
+    (tmp_path / "CURRENT").write_bytes(b"\xff\xfe\x00bad\n")
+    with caplog.at_level(logging.ERROR, logger="bookverse.server.model_store"):
+        assert not store.poll()
+        assert not store.poll()
+    assert failures(store) == 1
+    assert "CURRENT" in caplog.text and "Traceback" not in caplog.text
+    assert store.current().version == good
+
+    fixed = publish(tmp_path, small)
+    assert store.poll()
+    assert store.current().version == fixed
+
+
+def test_a_bundle_whose_blend_weights_are_all_zero_is_refused(
+    tmp_path: Path, small: Any
+) -> None:
+    version = publish(tmp_path, small)
+    folder = tmp_path / VERSIONS / version
+
+    def zero(manifest: dict[str, Any]) -> None:
+        manifest["blend"]["weights"] = dict.fromkeys(manifest["blend"]["weights"], 0.0)
+
+    edit_manifest(folder, zero)
+    with pytest.raises(BundleError, match="at least one blend weight must be > 0"):
+        ServingBundle.load(folder)
