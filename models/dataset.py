@@ -15,6 +15,21 @@ import scipy.sparse as sp
 
 from bookverse.models.ids import IdScheme
 
+INTERACTION_KINDS: tuple[str, ...] = (
+    "static",
+    "view",
+    "add_to_list",
+    "purchase",
+    "rating",
+    "click",
+    "finished",
+)
+"""Names of the codes of ``Dataset.kinds``: code ``c`` is ``INTERACTION_KINDS[c]``.
+
+Code 0, ``"static"``, is a row of a static data set (a plain read or rating);
+the others are the event kinds the server tracks.
+"""
+
 
 @dataclass(frozen=True)
 class Catalogue:
@@ -55,6 +70,9 @@ class Dataset:
     ratings : (n_interactions,) float32; 0 means an implicit interaction.
     timestamps : (n_interactions,) int64 Unix seconds; 0 where unknown.
     rating_scale : (low, high) of explicit ratings.
+    kinds : (n_interactions,) int8 codes into ``INTERACTION_KINDS``, or None.
+        The type of each interaction; None when the data set has no
+        interaction types (every row is a plain read or rating, as code 0).
     """
 
     name: str
@@ -67,6 +85,7 @@ class Dataset:
     rating_scale: tuple[float, float]
     id_scheme: IdScheme
     extras: dict[str, object] = field(default_factory=dict)
+    kinds: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -92,6 +111,7 @@ class Dataset:
             items=self.items[mask],
             ratings=self.ratings[mask],
             timestamps=self.timestamps[mask],
+            kinds=None if self.kinds is None else self.kinds[mask],
         )
 
     def user_items(self) -> sp.csr_matrix:

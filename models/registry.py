@@ -19,6 +19,7 @@ from bookverse.models.explicit_mf import ExplicitMF
 from bookverse.models.item_knn import ItemKNN
 from bookverse.models.neural import NeuralCF
 from bookverse.models.popularity import Popularity
+from bookverse.models.quality import QualityPopularity
 from bookverse.models.user_knn import UserKNN
 
 MODEL_CLASSES: dict[str, type[Model]] = {
@@ -33,6 +34,7 @@ MODEL_CLASSES: dict[str, type[Model]] = {
         UserKNN,
         ExplicitMF,
         NeuralCF,
+        QualityPopularity,
     )
 }
 

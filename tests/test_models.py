@@ -23,6 +23,7 @@ EMPTY_TEXT_ITEM = N_ITEMS - 1
 
 SMALL_PARAMS: dict[str, dict[str, Any]] = {
     "popularity": {"half_life_days": 10.0},
+    "quality": {"prior_count": 5.0},
     "als": {"factors": 8, "iterations": 10, "num_threads": 1},
     "item_knn": {"k": 10, "num_threads": 1},
     "content": {"max_features": 500},
