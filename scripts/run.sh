@@ -22,7 +22,7 @@ mkdir -p var
 bookverse-serve --artifacts artifacts --events-db var/events.db \
   --host "$ADDRESS_HOST" --port "$PORT" --metrics-port "$METRICS_PORT" &
 server_pid=$!
-trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid' INT TERM
+trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid; exit $?' INT TERM
 
 address="$ADDRESS_HOST:$PORT"
 for _ in $(seq 1 120); do

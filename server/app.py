@@ -194,6 +194,8 @@ def create_server(
         options=(
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
+            # a second server on a port in use must fail, not share it
+            ("grpc.so_reuseport", 0),
         ),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
@@ -205,7 +207,12 @@ def create_server(
         warm_up=lambda bundle: warm_up(recommender, bundle, config.blas_threads),
         on_swap=lambda bundle: _mark_serving(health_servicer, serving),
     )
-    port = _bind(server, config.host, config.port)
+    try:
+        port = _bind(server, config.host, config.port)
+    except RuntimeError:
+        if store is None:
+            events.close()
+        raise
     runtime = Runtime(
         config=config,
         server=server,
@@ -267,9 +274,12 @@ def _mark_serving(servicer: health.HealthServicer, serving: threading.Event) -> 
 
 def _bind(server: grpc.Server, host: str, port: int) -> int:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio raises for an address in use
+        raise RuntimeError(f"cannot bind {address} (in use?)") from exc
     if bound == 0:
-        raise RuntimeError(f"cannot bind {address}")
+        raise RuntimeError(f"cannot bind {address} (in use?)")
     return int(bound)
 
 

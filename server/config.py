@@ -18,7 +18,7 @@ variable                                  field                default
 ``BOOKVERSE_WORKER_THREADS``              ``worker_threads``   ``16``
 ``BOOKVERSE_MAX_MESSAGE_BYTES``           ``max_message_bytes``  4 MiB
 ``BOOKVERSE_RELOAD_INTERVAL_S``           ``reload_interval_s``  ``5``
-``BOOKVERSE_DEADLINE_MARGIN_S``           ``deadline_margin_s``  ``0.005``
+``BOOKVERSE_DEADLINE_MARGIN_S``           ``deadline_margin_s``  ``0.05``
 ``BOOKVERSE_SHUTDOWN_GRACE_S``            ``shutdown_grace_s``  ``10``
 ``BOOKVERSE_BLAS_THREADS``                ``blas_threads``     ``1``
 ``BOOKVERSE_EXPERIMENT_VARIANT``          ``experiment.variant``  ``control``
@@ -98,7 +98,10 @@ class ServerConfig:
         Seconds between two looks at ``<artifacts>/CURRENT``.
     deadline_margin_s : float
         Time kept in reserve before a call's deadline: a stage that would
-        start with less than this left answers degraded instead.
+        start with less than this left answers degraded instead. The default
+        (50 ms) covers the costliest stage for a reader with thousands of
+        books, so that a short deadline gets the flagged fallback, not
+        DEADLINE_EXCEEDED.
     shutdown_grace_s : float
         Seconds in-flight calls get to finish on shutdown.
     blas_threads : int
@@ -117,7 +120,7 @@ class ServerConfig:
     worker_threads: int = 16
     max_message_bytes: int = 4 * 1024 * 1024
     reload_interval_s: float = 5.0
-    deadline_margin_s: float = 0.005
+    deadline_margin_s: float = 0.05
     shutdown_grace_s: float = 10.0
     blas_threads: int = 1
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)

@@ -25,8 +25,11 @@ Duplicates. ``client_event_id`` (when given) is unique, and so is
 ``(user_id, book_id, kind, event_time)``. An event that collides with either
 is not stored again; :meth:`~InteractionStore.track` answers
 ``duplicate=True`` with the event id and received time of the stored
-original. A second event with a known ``client_event_id`` is a duplicate
-whatever its other fields say: the key is the client's promise of identity.
+original (a retry may differ in its time: an unset time is "now" at each
+try). A second event with a known ``client_event_id`` but another reader,
+book or kind is not stored either: it is answered as a
+``conflict`` (the server refuses it as a misused key), never silently as the
+other event's duplicate.
 
 Schema (``PRAGMA user_version`` 1)::
 
@@ -110,7 +113,8 @@ _INSERT = """
     ON CONFLICT DO NOTHING
 """
 _BY_CLIENT_ID = """
-    SELECT event_id, received_time FROM interactions WHERE client_event_id = ?
+    SELECT event_id, received_time, user_id, book_id, kind
+    FROM interactions WHERE client_event_id = ?
 """
 _BY_NATURAL_KEY = """
     SELECT event_id, received_time FROM interactions
@@ -164,11 +168,17 @@ class Interaction:
 
 @dataclass(frozen=True)
 class TrackResult:
-    """The answer to :meth:`InteractionStore.track`, given once durable."""
+    """The answer to :meth:`InteractionStore.track`, given once durable.
+
+    ``conflict`` is True when the event reused a ``client_event_id`` already
+    stored for a different event (another reader, book or kind): it was not
+    stored, and ``event_id`` names the event that holds the key.
+    """
 
     event_id: int
     duplicate: bool
     received_time: float
+    conflict: bool = False
 
 
 @dataclass(frozen=True)
@@ -797,6 +807,10 @@ class InteractionStore:
         row = None
         if e.client_event_id is not None:
             row = conn.execute(_BY_CLIENT_ID, (e.client_event_id,)).fetchone()
+            # a retry may carry a later "now" as its time: only who, what and
+            # which kind must match
+            if row is not None and tuple(row[2:5]) != (e.user_id, e.book_id, e.kind):
+                return TrackResult(int(row[0]), True, float(row[1]), conflict=True)
         if row is None:
             key = (e.user_id, e.book_id, e.kind, e.event_time)
             row = conn.execute(_BY_NATURAL_KEY, key).fetchone()

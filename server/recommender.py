@@ -102,6 +102,10 @@ from bookverse.server.validation import ExplainQuery, Filters, RecommendQuery
 logger = logging.getLogger(__name__)
 
 FALLBACK_CONFIDENCE = 0.1
+
+# the blend of a reader with no history: popular books, lifted by likeness
+# to the session's books (content, item neighbours) when there is a session
+COLD_START_WEIGHTS = {"popularity": 1.0, "content": 1.0, "item_knn": 1.0}
 """Confidence of every item of a popularity fallback: one weak signal."""
 
 KIND_WEIGHTS: dict[str, float] = {
@@ -421,6 +425,9 @@ class Recommender:
         if (
             bundle.ranker is not None
             and reader.history
+            # the ranker's pool never holds read books; asked for, the blend
+            # path (which can) serves
+            and not query.filters.include_already_read
             and call.enough_time("ranker", reserve=self.deadline_margin_s)
         ):
             ranked = self._ranked(bundle, reader, query, allowed, context)
@@ -431,7 +438,9 @@ class Recommender:
         if not call.enough_time("ranking"):
             return self._degraded(bundle, query, reader, excluded, ignored, call)
 
-        items = self._items(bundle, reader, ranked, query.n)
+        # a reader who asked for these authors is not capped per author
+        cap = not query.filters.only_authors
+        items = self._items(bundle, reader, ranked, query.n, cap_authors=cap)
         return Recommendations(
             items=items,
             strategy=reader.strategy,
@@ -565,7 +574,9 @@ class Recommender:
                 bundle, query, reader, allowed.excluded, ignored, call
             )
 
-        scored = self._score(bundle, reader.profile, candidates)
+        scored = self._score(
+            bundle, reader.profile, candidates, cold=not reader.history
+        )
         if scored is None:
             return self._fallback(bundle, query, reader, allowed, ignored)
         scored = _with_sources(scored, found)
@@ -636,9 +647,18 @@ class Recommender:
         return _Ranked(scored, full, source_of, by_ranker=True)
 
     def _score(
-        self, bundle: ServingBundle, profile: UserProfile, items: np.ndarray
+        self,
+        bundle: ServingBundle,
+        profile: UserProfile,
+        items: np.ndarray,
+        cold: bool = False,
     ) -> _Scored | None:
-        """Every model's scores over ``items``, blended; None if not finite."""
+        """Every model's scores over ``items``, blended; None if not finite.
+
+        A ``cold`` reader (no history of their own) is blended with
+        :data:`COLD_START_WEIGHTS`: the trained weights describe readers with
+        a history, and most models have nothing to say without one.
+        """
         scores = {}
         for name, model in bundle.models.items():
             values = np.asarray(model.score(profile, items), dtype=np.float32)
@@ -646,18 +666,28 @@ class Recommender:
                 logger.warning("model %s gave non-finite scores; falling back", name)
                 return None
             scores[name] = values
-        weights = self.experiment.blend_weights(bundle.weights)
+        trained = COLD_START_WEIGHTS if cold else bundle.weights
+        weights = self.experiment.blend_weights(trained)
         weights = {name: weights.get(name, 0.0) for name in bundle.models}
+        if not any(w > 0 for w in weights.values()):
+            weights = dict.fromkeys(weights, 1.0)  # none of those models here
         blended, normalised = WeightedBlend(weights).blend(scores)
         return _Scored(items, blended, normalised, weights)
 
     def _items(
-        self, bundle: ServingBundle, reader: Reader, ranked: _Ranked, n: int
+        self,
+        bundle: ServingBundle,
+        reader: Reader,
+        ranked: _Ranked,
+        n: int,
+        cap_authors: bool = True,
     ) -> list[Item]:
         """The best ``n`` candidates (re-ranked when the bundle says so) as
         answer items, with their final score, confidence and reason."""
         scored = ranked.scored
-        positions, final = _final_order(bundle, scored.items, ranked.relevance, n)
+        positions, final = _final_order(
+            bundle, scored.items, ranked.relevance, n, cap_authors
+        )
         agree = _agreement(scored, max(3 * n, 30))
         factor = _history_factor(reader)
         content_anchor = self._content_anchors(bundle, reader, scored.items[positions])
@@ -1174,7 +1204,11 @@ def _rerank_depth(n: int) -> int:
 
 
 def _final_order(
-    bundle: ServingBundle, rows: np.ndarray, relevance: np.ndarray, n: int
+    bundle: ServingBundle,
+    rows: np.ndarray,
+    relevance: np.ndarray,
+    n: int,
+    cap_authors: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the answer in ``rows`` and their final scores.
 
@@ -1216,7 +1250,7 @@ def _final_order(
             diversity=settings.diversity,
             similarity_threshold=settings.similarity_threshold,
             authors=list(bundle.author_keys[rows[top]]),
-            max_per_author=settings.max_per_author,
+            max_per_author=settings.max_per_author if cap_authors else None,
             **extra,
         )
     except (ValueError, TypeError):
@@ -1320,16 +1354,20 @@ def _strategy_reason(
 ) -> str:
     session = len(reader.session)
     if reader.history:
-        text = f"personalised from {reader.history} books of reading history"
+        text = f"personalised from {_books(reader.history)} of reading history"
     else:
         text = "unknown reader: popular books"
     if session:
-        text += f" and {session} session books"
+        text += f" and {_books(session)} of this session"
     if ranked.by_ranker:
         text += ", ordered by the meta-ranker"
     if rerank is not None:
         text += ", re-ranked for diversity"
     return text
+
+
+def _books(count: int) -> str:
+    return "1 book" if count == 1 else f"{count} books"
 
 
 def _meta(bundle: ServingBundle, row: int) -> tuple[str, str, int]:

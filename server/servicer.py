@@ -187,6 +187,10 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         )
         left = _time_left(context)
         result = self._store(event, TRACK_TIMEOUT_S if left is None else left)
+        if result.conflict:
+            raise InvalidArgument(
+                "client_event_id", "was already used for a different event"
+            )
         self.metrics.interactions_tracked.labels(
             kind=query.kind, duplicate=str(result.duplicate).lower()
         ).inc()

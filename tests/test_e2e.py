@@ -209,6 +209,18 @@ def test_duplicate_track_is_stored_once(
     assert not first.duplicate and again.duplicate
     assert again.event_id == first.event_id
 
+    # the same key for another reader's event is refused, naming the field
+    misused = pb.TrackInteractionRequest(
+        user_id="e2e-other",
+        book_id=book,
+        type=pb.INTERACTION_TYPE_VIEW,
+        client_event_id="e2e-dup-1",
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        live_server.stub.TrackInteraction(misused, timeout=TIMEOUT)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "client_event_id" in (refused.value.details() or "")
+
     stamp = Timestamp(seconds=int(time.time()) - 3600)
     natural = pb.TrackInteractionRequest(
         user_id="e2e-dup", book_id=book, type=pb.INTERACTION_TYPE_VIEW, event_time=stamp
@@ -681,3 +693,11 @@ def test_the_server_imports_no_training_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_second_server_cannot_take_a_port_in_use(
+    live_server: LiveServer, published: Published, tmp_path: Path
+) -> None:
+    config = server_config(published.root, tmp_path / "other.db", port=live_server.port)
+    with pytest.raises(RuntimeError, match=f"cannot bind 127.0.0.1:{live_server.port}"):
+        create_server(config)

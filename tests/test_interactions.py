@@ -96,10 +96,29 @@ def test_invalid_event_names_the_field(
 
 def test_duplicate_by_client_id(store: InteractionStore) -> None:
     first = store.track(view("u", "b1", T0, "same"))
-    again = store.track(view("u", "b2", T0 + 5, "same"))
+    again = store.track(view("u", "b1", T0, "same"))
 
     assert again == TrackResult(first.event_id, True, first.received_time)
     assert store.count() == 1
+
+
+def test_a_client_id_reused_for_another_event_is_a_conflict(
+    store: InteractionStore,
+) -> None:
+    first = store.track(view("u", "b1", T0, "same"))
+    for other in (
+        view("u", "b2", T0, "same"),  # another book
+        view("v", "b1", T0, "same"),  # another reader
+    ):
+        answer = store.track(other)
+        assert answer == TrackResult(
+            first.event_id, True, first.received_time, conflict=True
+        )
+    assert store.count() == 1
+
+    # a retry whose unset time became a later "now" is a plain duplicate
+    retry = store.track(view("u", "b1", T0 + 5, "same"))
+    assert retry == TrackResult(first.event_id, True, first.received_time)
 
 
 def test_duplicate_by_natural_key(store: InteractionStore) -> None:
@@ -141,7 +160,7 @@ def test_duplicates_across_reopen(tmp_path: Path) -> None:
         assert s.track(view("u", "b", T0)) == TrackResult(
             by_key.event_id, True, by_key.received_time
         )
-        assert s.track(view("v", "z", T0 + 1, "cid")) == TrackResult(
+        assert s.track(view("u", "b2", T0, "cid")) == TrackResult(
             by_cid.event_id, True, by_cid.received_time
         )
         assert s.count() == 2
@@ -391,8 +410,10 @@ def test_duplicates_inside_one_transaction(store: InteractionStore) -> None:
 
     first = results[0]
     assert not first.duplicate and first.received_time == T0 + 10
-    for dup in results[1:4]:
+    for dup in results[1:3]:
         assert dup == TrackResult(first.event_id, True, T0 + 10)
+    # the key "k" again, for another book: refused as a misused key
+    assert results[3] == TrackResult(first.event_id, True, T0 + 10, conflict=True)
     assert not results[4].duplicate
     assert store.count() == 2
 

@@ -431,3 +431,51 @@ def test_too_little_time_for_the_ranker_serves_the_blend(
     assert not late.degraded
     assert "meta-ranker" not in late.strategy_reason
     assert [i.book_id for i in late.items] == [i.book_id for i in blend.items]
+
+
+# answers a new user found wrong
+
+
+def test_an_unknown_reader_gets_the_most_popular_books_first(
+    ranker_bundle: ServingBundle,
+) -> None:
+    answer = recommend(ranker_bundle, "brand-new-reader", n=5)
+    expected = [
+        str(ranker_bundle.catalogue.item_ids[r])
+        for r in ranker_bundle.popular_order[:2]
+    ]
+    ids = [item.book_id for item in answer.items]
+    # the re-ranking may move books below the first places, not the head
+    assert ids[:2] == expected
+    assert all(item.score > 0 for item in answer.items[:2])
+
+
+def test_only_authors_lifts_the_author_cap(
+    ranker_published: Published, ranker_bundle: ServingBundle, tmp_path: Path
+) -> None:
+    capped = with_rerank(
+        ranker_published, tmp_path, {"diversity": 0.0, "max_per_author": 1}
+    )
+    counts = np.bincount(np.unique(capped.author_keys, return_inverse=True)[1].ravel())
+    keys = np.unique(capped.author_keys)
+    author = next(k for k, c in zip(keys, counts, strict=True) if k and c >= 4)
+    user, _ = readers_with_history(ranker_bundle, 1)[0]
+    answer = recommend(capped, user, n=3, only_authors=(author,))
+    assert len(answer.items) == 3
+    assert {i.author.strip().casefold() for i in answer.items} == {author}
+
+
+def test_include_already_read_brings_read_books_back_with_a_ranker(
+    ranker_bundle: ServingBundle,
+) -> None:
+    user, row = readers_with_history(ranker_bundle, 1)[0]
+    read = ranker_bundle.user_items[row].indices
+    authors = {ranker_bundle.author_keys[b] for b in read} - {""}
+    answer = recommend(
+        ranker_bundle,
+        user,
+        n=100,
+        include_already_read=True,
+        only_authors=tuple(authors),
+    )
+    assert any(item.already_seen for item in answer.items)
