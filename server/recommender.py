@@ -171,6 +171,7 @@ MODEL_SOURCES: dict[str, Source] = {
     "user_knn": Source.USER_NEIGHBORS,
     "neural": Source.NEURAL,
     "popularity": Source.POPULARITY,
+    "quality": Source.POPULARITY,
 }
 """Source of an item the meta-ranker serves, by the base model ranking it
 highest in the pool; on equal ranks the model listed first speaks. EASE is an

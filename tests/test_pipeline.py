@@ -9,6 +9,7 @@ import pytest
 
 from bookverse.models.bundle import read_pointer
 from bookverse.server.bundle import ServingBundle
+from bookverse.server.interactions import Interaction, InteractionStore
 from bookverse.training.pipeline import StepTimer, TrainOptions, train
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -52,6 +53,28 @@ def test_train_publishes_a_servable_bundle(movielens: Path, tmp_path: Path) -> N
     bundle = ServingBundle.load(folder)
     assert bundle.version == version
     assert bundle.n_items == manifest["dataset"]["n_items"]
+
+
+@pytest.mark.slow
+def test_train_learns_from_tracked_events(movielens: Path, tmp_path: Path) -> None:
+    events_db = tmp_path / "events.db"
+    with InteractionStore(events_db).open() as store:
+        for i, book in enumerate(("50", "100", "181", "no-such-film")):
+            store.track(Interaction("tracked-reader", book, "purchase", None, 1e9 + i))
+    options = TrainOptions(
+        dataset="movielens100k",
+        data_dir=movielens,
+        artifacts=tmp_path / "artifacts",
+        max_users=300,
+        evaluate=False,
+        ranker=False,
+        events_db=events_db,
+    )
+    version = train(options, StepTimer(echo=str))
+    bundle = ServingBundle.load(options.artifacts / "versions" / version)
+    # the reader who exists only in the events store is a known reader now
+    row = bundle.user_index["tracked-reader"]
+    assert len(bundle.history(row)[0]) == 3  # the unknown film is skipped
 
 
 def test_train_refuses_an_unknown_dataset(tmp_path: Path) -> None:

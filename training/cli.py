@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--no-ranker", action="store_true", help="serve the weighted blend only"
     )
+    fit.add_argument(
+        "--events-db",
+        type=Path,
+        default=None,
+        help="also learn from the interactions a server tracked (read-only)",
+    )
 
     who = commands.add_parser("readers", help="print active readers of the bundle")
     who.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -149,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
             max_users=args.max_users,
             seed=args.seed,
             ranker=not args.no_ranker,
+            events_db=args.events_db,
         )
         train(options)
         return 0

@@ -5,7 +5,8 @@ and its duration printed, so a slow step shows itself:
 
 1. load the data set (``bookverse.training.loaders``) and report bad rows;
 2. prepare it (Book-Crossing editions grouped into works, duplicate pairs
-   dropped, k-core filter, DATA.md protocol);
+   dropped, k-core filter, DATA.md protocol), then add the interactions the
+   server tracked when an events database is given;
 3. split per reader (80/20, seed 42), fit every model on the training part
    and evaluate it over the whole catalogue; fit the blend's weights on a
    validation split carved out of the training part, never on the test part;
@@ -34,7 +35,7 @@ from bookverse.models.base import Model
 from bookverse.models.dataset import Dataset
 from bookverse.models.ranker import MetaRanker
 from bookverse.models.registry import MODEL_CLASSES
-from bookverse.training import loaders, prepare, works
+from bookverse.training import events, loaders, prepare, works
 from bookverse.training.evaluate import (
     evaluate_blend,
     evaluate_model,
@@ -54,6 +55,7 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
     "user_knn": {"k": 50},
     # a dense item-item matrix: capped to the most-read books (144 MB at 6000)
     "ease": {"regularization": 400.0, "max_items": 6000},
+    "quality": {},
 }
 
 # base models whose scores the meta-ranker learns from
@@ -90,6 +92,7 @@ class TrainOptions:
     k: int = 10
     evaluate: bool = True
     max_users: int | None = None
+    events_db: Path | None = None
     ranker: bool = True
     ranker_bases: tuple[str, ...] = RANKER_BASES
     ranker_pool: int = 50
@@ -149,6 +152,10 @@ def load_prepared(options: TrainOptions, timer: StepTimer) -> Dataset:
         if options.max_users is not None:
             data = prepare.first_users(data, options.max_users)
         data = prepare.kcore(data, options.min_interactions, options.min_interactions)
+        if options.events_db is not None:
+            # after the filters: a view and a purchase of one book stay two
+            # rows (their kinds weigh differently), and new readers stay
+            data = events.merge_events(data, options.events_db)
         timer.echo(
             f"   {data.n_interactions} interactions, {data.n_users} readers, "
             f"{data.n_items} books after the {options.min_interactions}-core filter"
