@@ -1,27 +1,36 @@
-"""Biased matrix factorisation of explicit ratings, fitted by alternating ridge.
+"""Biased matrix factorisation of explicit ratings, trained in Keras.
 
 Only explicit ratings (``rating > 0``) are modelled; implicit interactions are
 left out. The predicted rating of reader ``u`` for book ``i`` is
 
     r_ui = mu + b_u + b_i + p_u . q_i,
 
-with ``mu`` the mean training rating. Fitting alternates closed-form ridge
-solves (ALS-WR, Zhou et al. 2008): with the book side fixed, each reader's
-``[p_u, b_u]`` solves
+with ``mu`` the mean training rating (fixed, not learned). ``fit`` minimises,
+by Adam over shuffled mini-batches, the mean over the batch's ratings of
 
-    (Z^T Z + lambda n_u I) x = Z^T (r_u - mu - b_I),    Z = [Q_I, 1],
+    (r_ui - r^_ui)^2 + lambda (|p_u|^2 + b_u^2 + |q_i|^2 + b_i^2),
 
-over the ``n_u`` books they rated, then the same for each book with the
-readers fixed. A reader (or book) without ratings keeps zero factors and
-bias.
+so a reader's penalty grows with the number of their ratings, as in ALS-WR
+(Zhou et al. 2008). A random ``validation_fraction`` of the ratings is held
+out; training stops when their RMSE has not improved for a few epochs and
+keeps the weights of the best epoch. A reader (or book) without a rating in
+the trained part keeps zero factors and bias.
+
+``fit`` imports TensorFlow (through Keras); nothing else here does. The mean,
+biases and factors are exported as ``.npy`` and scoring is numpy.
 
 ``score`` returns the predicted rating, unclipped, for ranking. For a reader
 whose history is not the training one, ``UserProfile.weights`` must carry the
 **ratings** (on the data set's scale) for this model: the books with a weight
-> 0 are folded in by the same ridge solve against the stored book side;
-weights of 0 (implicit events) are ignored. Without any rating the score is
-``mu + b_i``, the book's bias. Plain interaction weights of 1.0 would read as
-ratings of 1: callers that hold no ratings pass weights of 0.
+> 0 are folded in by the ridge solve that minimises the objective above over
+the reader's ``[p_u, b_u]`` with the books fixed,
+
+    (Z^T Z + lambda n_u I) x = Z^T (r_u - mu - b_I),    Z = [Q_I, 1],
+
+over the ``n_u`` books they rated; weights of 0 (implicit events) are ignored.
+Without any rating the score is ``mu + b_i``, the book's bias. Plain
+interaction weights of 1.0 would read as ratings of 1: callers that hold no
+ratings pass weights of 0.
 """
 
 from __future__ import annotations
@@ -44,6 +53,10 @@ _ITEM_FILE = "explicit_mf.item_factors.npy"
 _USER_BIAS_FILE = "explicit_mf.user_bias.npy"
 _ITEM_BIAS_FILE = "explicit_mf.item_bias.npy"
 _MEAN_FILE = "explicit_mf.global_mean.npy"
+_PATIENCE = 2
+"""Epochs without a better validation RMSE before training stops."""
+_INIT_STD = 0.1
+"""Standard deviation of the initial factors; biases start at zero."""
 
 
 class ExplicitMF:
@@ -53,12 +66,20 @@ class ExplicitMF:
     ----------
     factors : int, default 32
         Latent dimensions; >= 1.
-    regularization : float, default 0.05
-        ``lambda``, scaled by each row's rating count; > 0.
-    epochs : int, default 10
-        Alternating sweeps (readers then books); >= 1.
+    regularization : float, default 0.1
+        ``lambda``, the L2 weight per rating on the factors and biases of its
+        reader and book; > 0.
+    epochs : int, default 30
+        Most passes over the training ratings; >= 1.
+    learning_rate : float, default 0.005
+        Adam step size; > 0.
+    batch_size : int, default 256
+        Ratings per Adam step; >= 1.
+    validation_fraction : float, default 0.1
+        Share of the ratings held out for early stopping, in [0, 1); 0 trains
+        on every rating for ``epochs`` epochs.
     random_state : int, default 0
-        Seed of the initial book factors.
+        Seed of the held-out draw, the initial factors and the shuffling.
 
     Attributes
     ----------
@@ -67,6 +88,9 @@ class ExplicitMF:
     item_factors : (n_items, factors) float32
     user_bias : (n_users,) float32
     item_bias : (n_items,) float32
+    keras_model : keras.Model or None
+        The trained model, kept after ``fit`` for inspection; never saved.
+        Inputs ``[users, items]``, (n,) int32 each; output (n, 1) ratings.
     """
 
     name: ClassVar[str] = "explicit_mf"
@@ -74,30 +98,82 @@ class ExplicitMF:
     def __init__(
         self,
         factors: int = 32,
-        regularization: float = 0.05,
-        epochs: int = 10,
+        regularization: float = 0.1,
+        epochs: int = 30,
+        learning_rate: float = 0.005,
+        batch_size: int = 256,
+        validation_fraction: float = 0.1,
         random_state: int = 0,
     ) -> None:
         self.factors = factors
         self.regularization = regularization
         self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
         self.random_state = random_state
         self.global_mean = 0.0
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
         self.user_bias: np.ndarray | None = None
         self.item_bias: np.ndarray | None = None
+        self.keras_model: Any = None
 
     def _check_params(self) -> None:
+        fraction = self.validation_fraction
         rules = (
             ("factors", self.factors, self.factors >= 1, ">= 1"),
             ("regularization", self.regularization, self.regularization > 0, "> 0"),
             ("epochs", self.epochs, self.epochs >= 1, ">= 1"),
+            ("learning_rate", self.learning_rate, self.learning_rate > 0, "> 0"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"),
+            ("validation_fraction", fraction, 0 <= fraction < 1, "in [0, 1)"),
         )
         check_rules(rules)
 
+    # --- training (TensorFlow) ---------------------------------------------
+
+    def _build_keras(self, n_users: int, n_items: int, mu: float) -> Any:
+        import keras
+        from keras import ops
+
+        lam = self.regularization
+
+        class BiasedDot(keras.layers.Layer):  # type: ignore[misc]
+            """``mu + b_u + b_i + p_u . q_i``; adds the per-rating L2 penalty."""
+
+            def call(self, inputs: list[Any]) -> Any:
+                p, q, b_u, b_i = inputs
+                squares = sum(ops.sum(ops.square(x), axis=-1) for x in inputs)
+                self.add_loss(lam * ops.mean(squares))
+                return mu + b_u + b_i + ops.sum(p * q, axis=-1, keepdims=True)
+
+        def embedding(rows: int, width: int, name: str) -> Any:
+            init = keras.initializers.RandomNormal(stddev=_INIT_STD)
+            if name.endswith("bias"):
+                init = keras.initializers.Zeros()
+            return keras.layers.Embedding(rows, width, init, name=name)
+
+        user = keras.Input(shape=(), dtype="int32", name="user")
+        item = keras.Input(shape=(), dtype="int32", name="item")
+        rating = BiasedDot(name="rating")(
+            [
+                embedding(n_users, self.factors, "user_factors")(user),
+                embedding(n_items, self.factors, "item_factors")(item),
+                embedding(n_users, 1, "user_bias")(user),
+                embedding(n_items, 1, "item_bias")(item),
+            ]
+        )
+        model = keras.Model([user, item], rating)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
+            loss="mse",
+            metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
+        )
+        return model
+
     def fit(self, dataset: Dataset) -> Self:
-        """Alternate ridge solves over the explicit ratings of ``dataset``.
+        """Train on the explicit ratings of ``dataset`` in Keras, then export.
 
         Raises
         ------
@@ -105,44 +181,89 @@ class ExplicitMF:
             If a hyperparameter breaks its rule, or the data set has no
             explicit rating.
         RuntimeError
-            If the fitted state is not finite.
+            If the trained state is not finite.
         """
         self._check_params()
         started = time.perf_counter()
-        ratings = explicit_ratings(dataset)
+        ratings = explicit_ratings(dataset).tocoo()
         if ratings.nnz == 0:
             raise ValueError(
                 f"dataset {dataset.name!r} must have explicit ratings (> 0), got none"
             )
-        by_item = ratings.T.tocsr()
-        mu = float(ratings.data.mean())
+        import keras
 
+        mu = float(ratings.data.mean())
+        users, items = ratings.row.astype(np.int32), ratings.col.astype(np.int32)
+        values = ratings.data.astype(np.float32)[:, None]
+
+        # hold out a random slice of the ratings for early stopping
+        keras.utils.set_random_seed(self.random_state)
         rng = np.random.default_rng(self.random_state)
-        q = rng.normal(0.0, 0.1, (dataset.n_items, self.factors))
-        b_i = np.zeros(dataset.n_items)
-        for epoch in range(self.epochs):
-            p, b_u = _ridge_rows(ratings, q, b_i, mu, self.regularization)
-            q, b_i = _ridge_rows(by_item, p, b_u, mu, self.regularization)
-            logger.debug(
-                "explicit_mf epoch %s: train rmse %.4f",
+        n_held = min(round(self.validation_fraction * len(values)), len(values) - 1)
+        held = np.zeros(len(values), dtype=bool)
+        held[rng.permutation(len(values))[:n_held]] = True
+        train = ~held
+
+        model = self._build_keras(dataset.n_users, dataset.n_items, mu)
+        _zero_unrated(model, users[train], items[train])
+        validation, callbacks = None, []
+        if n_held:
+            validation = ([users[held], items[held]], values[held])
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_rmse", patience=_PATIENCE, restore_best_weights=True
+                )
+            )
+        history = model.fit(
+            [users[train], items[train]],
+            values[train],
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            validation_data=validation,
+            callbacks=callbacks,
+            shuffle=True,
+            verbose=0,
+        ).history
+        trained = len(history["loss"])
+        val_rmse = history.get("val_rmse", [float("nan")] * trained)
+        for epoch in range(trained):
+            logger.info(
+                "explicit_mf epoch %s/%s: loss %.4f, train rmse %.4f, "
+                "validation rmse %.4f",
                 epoch + 1,
-                _rmse(ratings, mu, p, q, b_u, b_i),
+                self.epochs,
+                history["loss"][epoch],
+                history["rmse"][epoch],
+                val_rmse[epoch],
             )
 
-        state = [p, q, b_u, b_i]
-        if not all(np.all(np.isfinite(a)) for a in state):
-            raise RuntimeError("explicit_mf state is not finite; raise regularization")
-        self.global_mean = mu
-        self.user_factors, self.item_factors, self.user_bias, self.item_bias = (
-            a.astype(np.float32) for a in state
-        )
+        self._export(model, mu)
         logger.info(
-            "explicit_mf fitted: %s ratings, train rmse %.4f in %.1fs",
-            ratings.nnz,
-            _rmse(ratings, mu, p, q, b_u, b_i),
+            "explicit_mf fitted: %s ratings (%s held out), best validation rmse "
+            "%.4f in %.1fs",
+            int(train.sum()),
+            n_held,
+            min(val_rmse),
             time.perf_counter() - started,
         )
         return self
+
+    def _export(self, model: Any, mu: float) -> None:
+        state = [
+            _float32(model.get_layer(name).get_weights()[0])
+            for name in ("user_factors", "item_factors", "user_bias", "item_bias")
+        ]
+        if not all(np.all(np.isfinite(a)) for a in state):
+            raise RuntimeError(
+                "explicit_mf state is not finite; lower learning_rate or raise "
+                "regularization"
+            )
+        self.keras_model = model
+        self.global_mean = mu
+        self.user_factors, self.item_factors = state[0], state[1]
+        self.user_bias, self.item_bias = state[2].ravel(), state[3].ravel()
+
+    # --- serving (numpy) ---------------------------------------------------
 
     def _fitted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if (
@@ -251,6 +372,9 @@ class ExplicitMF:
             "factors": self.factors,
             "regularization": self.regularization,
             "epochs": self.epochs,
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+            "validation_fraction": self.validation_fraction,
             "random_state": self.random_state,
         }
 
@@ -330,43 +454,23 @@ def _ridge(z_factors: np.ndarray, target: np.ndarray, lam: float) -> np.ndarray:
     return np.linalg.solve(a, z.T @ target)
 
 
-def _ridge_rows(
-    ratings: sp.csr_matrix,
-    fixed: np.ndarray,
-    fixed_bias: np.ndarray,
-    mu: float,
-    lam: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One half-sweep: ridge-solve factors and bias of every row of ``ratings``.
+def _zero_unrated(model: Any, users: np.ndarray, items: np.ndarray) -> None:
+    """Zero the initial rows of readers and books without a training rating.
 
-    Returns (n_rows, factors) and (n_rows,) float64; zeros for empty rows.
+    Their rows get no gradient, so they stay zero: such a reader is scored by
+    ``mu + b_i`` as in ``fold_in`` without ratings.
     """
-    n_rows, n_factors = ratings.shape[0], fixed.shape[1]
-    factors = np.zeros((n_rows, n_factors))
-    bias = np.zeros(n_rows)
-    for row in range(n_rows):
-        start, end = ratings.indptr[row], ratings.indptr[row + 1]
-        if start == end:
-            continue
-        cols = ratings.indices[start:end]
-        target = ratings.data[start:end] - mu - fixed_bias[cols]
-        x = _ridge(fixed[cols], target, lam)
-        factors[row], bias[row] = x[:-1], x[-1]
-    return factors, bias
+    for side, rated in (("user", users), ("item", items)):
+        layer = model.get_layer(f"{side}_factors")
+        weights = layer.get_weights()[0]
+        unrated = np.ones(len(weights), dtype=bool)
+        unrated[rated] = False
+        weights[unrated] = 0.0
+        layer.set_weights([weights])
 
 
-def _rmse(
-    ratings: sp.csr_matrix,
-    mu: float,
-    p: np.ndarray,
-    q: np.ndarray,
-    b_u: np.ndarray,
-    b_i: np.ndarray,
-) -> float:
-    coo = ratings.tocoo()
-    dots = np.einsum("ij,ij->i", p[coo.row], q[coo.col])
-    error = coo.data - (mu + b_u[coo.row] + b_i[coo.col] + dots)
-    return float(np.sqrt(np.mean(error**2)))
+def _float32(array: Any) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _check_history(items: np.ndarray, weights: np.ndarray, n_items: int) -> None:

@@ -84,6 +84,17 @@ def _profile(
 HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
 
 
+def _limit_threads() -> None:
+    import tensorflow as tf
+
+    # only possible before TensorFlow starts its runtime
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+
+
 def _neural() -> NeuralCF:
     import tensorflow as tf
 
@@ -98,12 +109,25 @@ def _neural() -> NeuralCF:
     )
 
 
+def _explicit_mf(**params: Any) -> ExplicitMF:
+    """Small settings: many small steps over a few hundred ratings."""
+    _limit_threads()
+    settings = {
+        "factors": 4,
+        "regularization": 0.1,
+        "epochs": 40,
+        "batch_size": 16,
+        "learning_rate": 0.02,
+        "validation_fraction": 0.0,
+    }
+    return ExplicitMF(**(settings | params))
+
+
 def _factories() -> dict[str, Any]:
-    extra = {"neural": _neural} if HAS_TENSORFLOW else {}
+    extra = {"neural": _neural, "explicit_mf": _explicit_mf} if HAS_TENSORFLOW else {}
     return extra | {
         "ease": lambda: EASE(regularization=10.0),
         "ease_capped": lambda: EASE(regularization=10.0, max_items=25),
-        "explicit_mf": lambda: ExplicitMF(factors=4, regularization=0.1, epochs=8),
         "user_knn": lambda: UserKNN(k=10),
         "user_knn_pearson": lambda: UserKNN(k=10, similarity="pearson"),
         "bpr": lambda: BPR(factors=8, learning_rate=0.05, iterations=60, num_threads=1),
@@ -375,7 +399,12 @@ def test_user_knn_rejects_unknown_similarity(dataset):
 
 # --- explicit MF ------------------------------------------------------------
 
+needs_tensorflow = pytest.mark.skipif(
+    not HAS_TENSORFLOW, reason="explicit_mf trains in TensorFlow"
+)
 
+
+@needs_tensorflow
 def test_explicit_mf_beats_the_biases_on_training_ratings(fitted, dataset):
     model = fitted["explicit_mf"]
     ratings = explicit_ratings(dataset).tocoo()
@@ -386,6 +415,7 @@ def test_explicit_mf_beats_the_biases_on_training_ratings(fitted, dataset):
     assert rmse < 0.8 * baseline
 
 
+@needs_tensorflow
 def test_explicit_mf_fold_in_is_one_ridge_solve(fitted):
     model = fitted["explicit_mf"]
     items = np.array([2, 7, 11, 30])
@@ -401,6 +431,7 @@ def test_explicit_mf_fold_in_is_one_ridge_solve(fitted):
     assert np.isclose(bias, expected[-1], rtol=1e-4)
 
 
+@needs_tensorflow
 def test_explicit_mf_without_ratings_scores_item_bias(fitted):
     model = fitted["explicit_mf"]
     implicit_only = UserProfile(None, np.array([1, 2]), np.zeros(2, np.float32))
@@ -415,6 +446,7 @@ def test_explicit_mf_needs_explicit_ratings(dataset):
         ExplicitMF().fit(implicit)
 
 
+@needs_tensorflow
 def test_explicit_mf_learns_taste_from_ratings():
     # every reader rates books of both halves: their own half 8-10, the other 1-3
     rng = np.random.default_rng(1)
@@ -439,8 +471,7 @@ def test_explicit_mf_learns_taste_from_ratings():
         id_scheme=base.id_scheme,
     )
     held_out = rng.random(len(users)) < 0.2
-    model = ExplicitMF(factors=4, regularization=0.05, epochs=10)
-    model.fit(data.subset(~held_out))
+    model = _explicit_mf(regularization=0.02).fit(data.subset(~held_out))
 
     predicted = model.predict(users[held_out], items[held_out])
     rmse = np.sqrt(np.mean((predicted - ratings[held_out]) ** 2))
