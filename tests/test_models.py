@@ -40,7 +40,7 @@ SMALL_PARAMS: dict[str, dict[str, Any]] = {
     },
 }
 # families whose fit needs an optional extra: name -> module it imports
-NEEDS = {"neural": "tensorflow"}
+NEEDS = {"neural": "tensorflow", "explicit_mf": "tensorflow"}
 
 
 def make_dataset(seed: int = 0) -> Dataset:
