@@ -194,8 +194,9 @@ def create_server(
         options=(
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
-            # a second server on a port in use must fail, not share it
-            ("grpc.so_reuseport", 0),
+            # off by default: a second server on a port in use must fail,
+            # not share it; on for one process per core
+            ("grpc.so_reuseport", int(config.reuse_port)),
         ),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
@@ -300,6 +301,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reload-interval-s", type=float)
     parser.add_argument("--shutdown-grace-s", type=float)
     parser.add_argument("--blas-threads", type=int)
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=None,
+        help="share the port with other server processes (one per core)",
+    )
     parser.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )

@@ -21,6 +21,7 @@ variable                                  field                default
 ``BOOKVERSE_DEADLINE_MARGIN_S``           ``deadline_margin_s``  ``0.05``
 ``BOOKVERSE_SHUTDOWN_GRACE_S``            ``shutdown_grace_s``  ``10``
 ``BOOKVERSE_BLAS_THREADS``                ``blas_threads``     ``1``
+``BOOKVERSE_REUSE_PORT``                  ``reuse_port``       ``false``
 ``BOOKVERSE_EXPERIMENT_VARIANT``          ``experiment.variant``  ``control``
 ``BOOKVERSE_EXPERIMENT_WEIGHTS``          ``experiment.weights``  manifest's
 ========================================  ===================  ==============
@@ -106,6 +107,10 @@ class ServerConfig:
         Seconds in-flight calls get to finish on shutdown.
     blas_threads : int
         Threads BLAS and OpenMP may use per process.
+    reuse_port : bool
+        Let several server processes share the port (SO_REUSEPORT), for one
+        process per core. Off by default, so that a second server started on
+        a port in use fails instead of silently taking half the calls.
     experiment : ExperimentConfig
         The variant served and its blend weights.
     """
@@ -123,6 +128,7 @@ class ServerConfig:
     deadline_margin_s: float = 0.05
     shutdown_grace_s: float = 10.0
     blas_threads: int = 1
+    reuse_port: bool = False
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def validate(self) -> ServerConfig:
@@ -203,9 +209,26 @@ def from_env(environ: Mapping[str, str]) -> ServerConfig:
         deadline_margin_s=read("DEADLINE_MARGIN_S", float, base.deadline_margin_s),
         shutdown_grace_s=read("SHUTDOWN_GRACE_S", float, base.shutdown_grace_s),
         blas_threads=read("BLAS_THREADS", int, base.blas_threads),
+        reuse_port=read("REUSE_PORT", parse_flag, base.reuse_port),
         experiment=experiment,
     )
     return config.validate()
+
+
+def parse_flag(text: str) -> bool:
+    """``"1"``/``"true"``/``"yes"`` or ``"0"``/``"false"``/``"no"`` (any case).
+
+    Raises
+    ------
+    ValueError
+        For any other text.
+    """
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError("must be one of 1, true, yes, 0, false, no")
 
 
 def parse_weights(text: str) -> tuple[tuple[str, float], ...]:

@@ -701,3 +701,22 @@ def test_a_second_server_cannot_take_a_port_in_use(
     config = server_config(published.root, tmp_path / "other.db", port=live_server.port)
     with pytest.raises(RuntimeError, match=f"cannot bind 127.0.0.1:{live_server.port}"):
         create_server(config)
+
+
+def test_reuse_port_lets_processes_share_the_port(
+    published: Published, tmp_path: Path
+) -> None:
+    first, port, first_runtime = create_server(
+        server_config(published.root, tmp_path / "a.db", reuse_port=True)
+    )
+    first.start()
+    try:
+        config = server_config(
+            published.root, tmp_path / "b.db", port=port, reuse_port=True
+        )
+        second, same, second_runtime = create_server(config)
+        second.start()
+        assert same == port
+        second_runtime.stop(grace=0)
+    finally:
+        first_runtime.stop(grace=0)

@@ -287,3 +287,12 @@ def test_command_line_flags_override_the_environment() -> None:
     args = parse_args(["--port", "0", "--host", "::1", "--metrics-port", "0"])
     config = config_from(args, {"BOOKVERSE_PORT": "6000", "BOOKVERSE_HOST": "x"})
     assert (config.host, config.port, config.metrics_port) == ("::1", 0, 0)
+
+
+def test_reuse_port_is_read_from_the_environment() -> None:
+    from bookverse.server.config import ConfigError, from_env
+
+    assert from_env({"BOOKVERSE_REUSE_PORT": "true"}).reuse_port
+    assert not from_env({}).reuse_port
+    with pytest.raises(ConfigError, match="BOOKVERSE_REUSE_PORT"):
+        from_env({"BOOKVERSE_REUSE_PORT": "maybe"})
