@@ -35,6 +35,7 @@ from bookverse.models.base import (
     check_rules,
     clean_history,
     load_array,
+    stored_row,
     top_k,
 )
 from bookverse.models.dataset import Dataset
@@ -241,12 +242,7 @@ class ALS:
         user_factors = self._fitted().user_factors
         if profile.user_index is None:
             return self.fold_in(profile.items, profile.weights)
-        if not 0 <= profile.user_index < len(user_factors):
-            raise ValueError(
-                f"profile.user_index must be in [0, {len(user_factors)}), "
-                f"got {profile.user_index}"
-            )
-        return np.asarray(user_factors[profile.user_index], dtype=np.float32)
+        return stored_row(user_factors, profile.user_index)
 
     def score(
         self, profile: UserProfile, items: np.ndarray | None = None

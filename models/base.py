@@ -100,6 +100,21 @@ def check_rules(rules: Iterable[tuple[str, object, bool, str]]) -> None:
             raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
+def stored_row(rows: np.ndarray, user_index: int) -> np.ndarray:
+    """Row ``user_index`` of a per-reader array (factors, embeddings), float32.
+
+    Raises
+    ------
+    ValueError
+        If ``user_index`` is outside ``[0, len(rows))``.
+    """
+    if not 0 <= user_index < len(rows):
+        raise ValueError(
+            f"profile.user_index must be in [0, {len(rows)}), got {user_index}"
+        )
+    return np.asarray(rows[user_index], dtype=np.float32)
+
+
 def clean_history(
     items: np.ndarray,
     weights: np.ndarray,

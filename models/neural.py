@@ -30,7 +30,13 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from bookverse.models.base import UserProfile, check_rules, clean_history, load_array
+from bookverse.models.base import (
+    UserProfile,
+    check_rules,
+    clean_history,
+    load_array,
+    stored_row,
+)
 from bookverse.models.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -319,12 +325,7 @@ class NeuralCF:
         user_embedding, _ = self._fitted()
         if profile.user_index is None:
             return self.fold_in(profile.items, profile.weights)
-        if not 0 <= profile.user_index < len(user_embedding):
-            raise ValueError(
-                f"profile.user_index must be in [0, {len(user_embedding)}), "
-                f"got {profile.user_index}"
-            )
-        return np.asarray(user_embedding[profile.user_index], dtype=np.float32)
+        return stored_row(user_embedding, profile.user_index)
 
     def score(
         self, profile: UserProfile, items: np.ndarray | None = None
