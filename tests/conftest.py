@@ -20,6 +20,7 @@ settings), published without re-ranking.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,19 +287,16 @@ def server_config(root: Path, events_db: Path, **overrides: Any) -> ServerConfig
     return ServerConfig(**settings)
 
 
-@pytest.fixture(scope="module")
-def live_server(
-    published: Published, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    """The real server on 127.0.0.1:0 over ``published``, and a channel to it."""
-    events_db = tmp_path_factory.mktemp("events") / "events.db"
-    config = server_config(published.root, events_db)
-    server, port, runtime = create_server(config)
+@contextmanager
+def serving(root: Path, events_db: Path) -> Iterator[LiveServer]:
+    """The real server on 127.0.0.1:0 over the bundles under ``root``, serving
+    (its first bundle loaded), and a channel to it; stopped on exit."""
+    server, port, runtime = create_server(server_config(root, events_db))
     server.start()
     runtime.start()
     try:
         if not runtime.wait_until_serving(timeout=60):
-            raise RuntimeError("the test bundle did not load within 60 s")
+            raise RuntimeError(f"no bundle under {root} loaded within 60 s")
         address = f"127.0.0.1:{port}"
         channel = grpc.insecure_channel(address)
         stub = pb_grpc.RecommendationServiceStub(channel)
@@ -306,3 +304,13 @@ def live_server(
         channel.close()
     finally:
         runtime.stop(grace=1.0)
+
+
+@pytest.fixture(scope="module")
+def live_server(
+    published: Published, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The real server over ``published``, and a channel to it."""
+    events_db = tmp_path_factory.mktemp("events") / "events.db"
+    with serving(published.root, events_db) as live:
+        yield live

@@ -17,11 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import LiveServer, Published, server_config
+from conftest import LiveServer, Published, serving
 
 from bookverse.models.base import Model, UserProfile
 from bookverse.models.bundle import MANIFEST, BundleError, read_manifest
@@ -29,8 +28,6 @@ from bookverse.models.features import RequestContext
 from bookverse.models.ranker import MetaRanker
 from bookverse.models.registry import load_model
 from bookverse.recommendations.v1 import recommendations_pb2 as pb
-from bookverse.recommendations.v1 import recommendations_pb2_grpc as pb_grpc
-from bookverse.server.app import create_server
 from bookverse.server.bundle import ServingBundle
 from bookverse.server.config import ExperimentConfig
 from bookverse.server.recommender import Recommendations, Recommender
@@ -104,20 +101,8 @@ def ranker_server(
 ) -> Iterator[LiveServer]:
     """The real server on 127.0.0.1:0 over the ranker bundle."""
     events_db = tmp_path_factory.mktemp("ranker-events") / "events.db"
-    config = server_config(ranker_published.root, events_db)
-    server, port, runtime = create_server(config)
-    server.start()
-    runtime.start()
-    try:
-        if not runtime.wait_until_serving(timeout=60):
-            raise RuntimeError("the ranker bundle did not load within 60 s")
-        address = f"127.0.0.1:{port}"
-        channel = grpc.insecure_channel(address)
-        stub = pb_grpc.RecommendationServiceStub(channel)
-        yield LiveServer(address, port, channel, stub, runtime)
-        channel.close()
-    finally:
-        runtime.stop(grace=1.0)
+    with serving(ranker_published.root, events_db) as live:
+        yield live
 
 
 def variant(
