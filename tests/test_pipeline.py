@@ -10,7 +10,12 @@ import pytest
 from bookverse.models.bundle import read_pointer
 from bookverse.server.bundle import ServingBundle
 from bookverse.server.interactions import Interaction, InteractionStore
-from bookverse.training.pipeline import StepTimer, TrainOptions, train
+from bookverse.training.pipeline import (
+    RERANK_BY_DATASET,
+    StepTimer,
+    TrainOptions,
+    train,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -40,7 +45,7 @@ def test_train_publishes_a_servable_bundle(movielens: Path, tmp_path: Path) -> N
     table = manifest["metrics"]["table"]
     assert {"popularity", "als", "ease", "weighted_blend", "meta_ranker"} <= set(table)
     assert table["als"]["ndcg@10"] > table["popularity"]["ndcg@10"]
-    assert manifest["rerank"] == dict(options.rerank)
+    assert manifest["rerank"] == RERANK_BY_DATASET["movielens100k"]
     assert set(manifest["blend"]["weights"]) == set(options.models)
 
     # the ranker is published exactly when it beat the blend on the test part

@@ -61,19 +61,31 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
 # base models whose scores the meta-ranker learns from
 RANKER_BASES = ("popularity", "als", "item_knn", "user_knn", "ease", "content")
 
-# re-ranking the server applies after the hybrid (manifest "rerank"): the
-# setting `bookverse-train evaluate` chose on MovieLens-100k's validation split
-# (popularity penalty on the lower places of a 50-book pool; docs/results),
-# plus a cap of two books per author so that one author never fills a list
-DEFAULT_RERANK: dict[str, Any] = {
-    "diversity": 0.0,
-    "similarity_threshold": None,
-    "max_per_author": 2,
-    "embedding": "als",
-    "popularity_penalty": 3.0,
-    "pool": 50,
-    "head": 7,
+# re-ranking the server applies after the hybrid (manifest "rerank"), by data
+# set: the setting `bookverse-train evaluate` chose on each one's validation
+# split (docs/results/<dataset>.md), plus, where books have authors, a cap of
+# two books per author so that one author never fills a list
+RERANK_BY_DATASET: dict[str, dict[str, Any]] = {
+    "bookcrossing": {
+        "diversity": 0.1,
+        "similarity_threshold": None,
+        "max_per_author": 2,
+        "embedding": "als",
+        "popularity_penalty": 0.5,
+        "pool": 200,
+        "head": 3,
+    },
+    "movielens100k": {
+        "diversity": 0.0,
+        "similarity_threshold": None,
+        "max_per_author": None,
+        "embedding": "als",
+        "popularity_penalty": 3.0,
+        "pool": 50,
+        "head": 7,
+    },
 }
+DEFAULT_RERANK = RERANK_BY_DATASET["bookcrossing"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,13 @@ class TrainOptions:
     ranker_pool: int = 50
     ranker_readers: int = 3000
     ranker_objectives: tuple[str, ...] = ("rank:pairwise",)
-    rerank: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_RERANK)
+    rerank: Mapping[str, Any] | None = None
+
+    def rerank_settings(self) -> Mapping[str, Any]:
+        """``rerank`` if given, else the data set's chosen setting."""
+        if self.rerank is not None:
+            return self.rerank
+        return RERANK_BY_DATASET.get(self.dataset, DEFAULT_RERANK)
 
     def ranker_specs(self) -> dict[str, Mapping[str, Any]]:
         """The base models of the meta-ranker: ``ranker_bases`` that are fitted."""
@@ -263,7 +281,7 @@ def train(options: TrainOptions, timer: StepTimer | None = None) -> str:
             fingerprint=fingerprint,
             metrics={"k": options.k, "table": table, "step_seconds": timer.durations},
             ranker=ranker,
-            rerank=options.rerank,
+            rerank=options.rerank_settings(),
         )
         version = publish(options.artifacts, build)
     served_steps = sum(
