@@ -171,6 +171,10 @@ class ServingBundle:
         Every item, most popular first (the fallback ranking).
     author_keys : (n_items,) str
         Case-folded author of each item ("" where unknown).
+    titled : (n_items,) bool
+        Whether the catalogue knows the item's title; untitled books (ratings
+        of ISBNs with no metadata row) inform the models but are never
+        recommended.
     aliases : dict of str to str
         Canonical id of an edition merged into a work -> the work's id in the
         catalogue (empty when the bundle groups no editions).
@@ -194,6 +198,7 @@ class ServingBundle:
     readers_per_item: np.ndarray
     popular_order: np.ndarray
     author_keys: np.ndarray
+    titled: np.ndarray
     aliases: dict[str, str]
     folder: Path | None = None
     ranker: MetaRanker | None = None
@@ -276,6 +281,7 @@ class ServingBundle:
             readers_per_item=readers,
             popular_order=_popular_order(models, readers),
             author_keys=np.array([a.strip().casefold() for a in catalogue.authors]),
+            titled=np.array([bool(t.strip()) for t in catalogue.titles], dtype=bool),
             aliases=dict(aliases or {}),
             folder=folder,
             ranker=ranker,

@@ -48,7 +48,8 @@ clock and at the client:
    items are sorted by it, ties by book id. An author cap may shorten the
    list.
 
-Filters: books the reader already read are removed unless
+Filters: books without a title (ratings of ISBNs the catalogue has no row
+for) are never recommended; books the reader already read are removed unless
 ``include_already_read``; ``exclude_book_ids``; ``only_authors`` and
 ``exclude_authors`` compare case-folded names; a year bound removes books of
 unknown year (0). Unknown ids in filters or context are ignored and counted.
@@ -979,7 +980,7 @@ class _Allowed:
     def mask(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows),) bool: which rows pass every filter."""
         f, bundle = self.filters, self.bundle
-        keep = ~np.isin(rows, self.excluded)
+        keep = bundle.titled[rows] & ~np.isin(rows, self.excluded)
         if not f.include_already_read:
             keep &= ~np.isin(rows, self.seen)
         if f.only_authors:
@@ -996,7 +997,7 @@ class _Allowed:
     def everywhere(self) -> np.ndarray:
         """(n_items,) bool: ``mask`` over the whole catalogue, by direct index."""
         f, bundle = self.filters, self.bundle
-        keep = np.ones(bundle.n_items, dtype=bool)
+        keep = bundle.titled.copy()
         keep[self.excluded] = False
         if not f.include_already_read:
             keep[self.seen] = False

@@ -720,3 +720,15 @@ def test_reuse_port_lets_processes_share_the_port(
         second_runtime.stop(grace=0)
     finally:
         first_runtime.stop(grace=0)
+
+
+def test_books_without_a_title_are_never_recommended(
+    live_server: LiveServer, published: Published
+) -> None:
+    titles = published.data.dataset.catalogue.titles
+    if all(t.strip() for t in titles):
+        pytest.skip("every book of this catalogue has a title")
+    for user in (reader_with_history(published, 0), "someone-new"):
+        answer = recommend(live_server, user, n=100)
+        assert answer.items
+        assert all(item.title.strip() for item in answer.items)
