@@ -76,12 +76,12 @@ RERANK_BY_DATASET: dict[str, dict[str, Any]] = {
         "head": 3,
     },
     "movielens100k": {
-        "diversity": 0.0,
+        "diversity": 0.1,
         "similarity_threshold": None,
         "max_per_author": None,
         "embedding": "als",
-        "popularity_penalty": 3.0,
-        "pool": 50,
+        "popularity_penalty": 2.0,
+        "pool": 100,
         "head": 7,
     },
 }
