@@ -979,33 +979,32 @@ class _Allowed:
 
     def mask(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows),) bool: which rows pass every filter."""
-        f, bundle = self.filters, self.bundle
-        keep = bundle.titled[rows] & ~np.isin(rows, self.excluded)
-        if not f.include_already_read:
+        keep = self.bundle.titled[rows] & ~np.isin(rows, self.excluded)
+        if not self.filters.include_already_read:
             keep &= ~np.isin(rows, self.seen)
-        if f.only_authors:
-            keep &= np.isin(bundle.author_keys[rows], list(f.only_authors))
-        if f.exclude_authors:
-            keep &= ~np.isin(bundle.author_keys[rows], list(f.exclude_authors))
-        years = bundle.catalogue.years[rows]
-        if f.min_year is not None:
-            keep &= (years != 0) & (years >= f.min_year)
-        if f.max_year is not None:
-            keep &= (years != 0) & (years <= f.max_year)
-        return keep
+        return self._by_metadata(
+            keep, self.bundle.author_keys[rows], self.bundle.catalogue.years[rows]
+        )
 
     def everywhere(self) -> np.ndarray:
         """(n_items,) bool: ``mask`` over the whole catalogue, by direct index."""
-        f, bundle = self.filters, self.bundle
-        keep = bundle.titled.copy()
+        keep = self.bundle.titled.copy()
         keep[self.excluded] = False
-        if not f.include_already_read:
+        if not self.filters.include_already_read:
             keep[self.seen] = False
+        return self._by_metadata(
+            keep, self.bundle.author_keys, np.asarray(self.bundle.catalogue.years)
+        )
+
+    def _by_metadata(
+        self, keep: np.ndarray, authors: np.ndarray, years: np.ndarray
+    ) -> np.ndarray:
+        """``keep`` narrowed by the author and year filters (aligned arrays)."""
+        f = self.filters
         if f.only_authors:
-            keep &= np.isin(bundle.author_keys, list(f.only_authors))
+            keep &= np.isin(authors, list(f.only_authors))
         if f.exclude_authors:
-            keep &= ~np.isin(bundle.author_keys, list(f.exclude_authors))
-        years = np.asarray(bundle.catalogue.years)
+            keep &= ~np.isin(authors, list(f.exclude_authors))
         if f.min_year is not None:
             keep &= (years != 0) & (years >= f.min_year)
         if f.max_year is not None:
