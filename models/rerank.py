@@ -36,13 +36,26 @@ penalties reviewed there):
   diversity), so the lower places, which nDCG discounts most, absorb the
   re-ranking.
 
+Coverage across readers needs the readers' lists to know of each other,
+which no per-list rule does: the least popular books one reader's pool holds
+are mostly the same few that every other pool holds. An exposure ledger
+(:class:`ExposureLedger`) counts how often the service placed each book in a
+list lately; after the first ``head`` places, a list's remaining places go,
+in relevance order, to books of the reader's ``depth`` best that were shown
+fewer than ``limit`` times, and only then to the rest. It is the greedy
+aggregate-diversity re-ranking of Adomavicius and Kwon ("Improving aggregate
+recommendation diversity using ranking-based techniques", IEEE TKDE 2012),
+run online: each list is arranged against the lists served before it.
+
 It runs at request time on a few hundred candidates, with numpy only.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -155,13 +168,15 @@ def mmr(
         similarity = _rows(similarity, kept, len(candidates))
         candidates, relevance, capped = candidates[kept], relevance[kept], capped[kept]
         counts = None if counts is None else counts[kept]
-    sims = _similarities(similarity, candidates)
-
     relevance = min_max(relevance)
     plain = relevance.astype(np.float64)
     if counts is not None and popularity_penalty > 0:
         relevance = relevance - popularity_penalty * _log_popularity(counts)
     base = (1.0 - diversity) * relevance.astype(np.float64)
+    if diversity == 0 and similarity_threshold is None and max_per_author is None:
+        # nothing depends on the items already chosen: the greedy is a sort
+        return _sorted_picks(candidates, plain, base, n, head)
+    sims = _similarities(similarity, candidates)
     max_sim = np.zeros(len(candidates))
     open_ = np.ones(len(candidates), dtype=bool)
     per_author: dict[int, int] = {}
@@ -197,6 +212,23 @@ def mmr(
     scores = np.minimum.accumulate(np.array(marginal, dtype=np.float64))
     logger.debug("mmr: %s of %s candidates chosen", len(items), len(candidates))
     return items.astype(np.int64), scores.astype(np.float32)
+
+
+def _sorted_picks(
+    candidates: np.ndarray, plain: np.ndarray, base: np.ndarray, n: int, head: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the greedy loop picks when no pick depends on earlier ones: the
+    ``head`` best by ``plain``, then the rest by ``base`` (ties: lower item)."""
+    first = np.lexsort((candidates, -plain))[: min(head, n)]
+    rest = np.ones(len(candidates), dtype=bool)
+    rest[first] = False
+    left = np.flatnonzero(rest)
+    after = left[np.lexsort((candidates[left], -base[left]))][: n - len(first)]
+    picks = np.concatenate([first, after]).astype(np.int64)
+    marginal = np.concatenate([plain[first], base[after]])
+    scores = np.minimum.accumulate(marginal) if len(marginal) else marginal
+    logger.debug("mmr: %s of %s candidates chosen", len(picks), len(candidates))
+    return candidates[picks].astype(np.int64), scores.astype(np.float32)
 
 
 def _check(
@@ -328,3 +360,107 @@ def _author_codes(
         if key:
             out[j] = codes.setdefault(key, len(codes))
     return out
+
+
+# -- coverage across readers: the exposure ledger --------------------------------
+
+
+@dataclass(frozen=True)
+class ExposureSettings:
+    """Which places of a list the exposure ledger may fill, and from where.
+
+    Attributes
+    ----------
+    head : int >= 0
+        Places kept in relevance order.
+    depth : int >= 1
+        How deep in the reader's ranking the other places may reach.
+    limit : int >= 1, default 1
+        A book shown this many times within the window counts as shown.
+    window : int >= 1, default 20000
+        Lists per ledger generation: counts cover the last ``window`` to
+        ``2 * window`` lists served.
+    """
+
+    head: int
+    depth: int
+    limit: int = 1
+    window: int = 20_000
+
+    def __post_init__(self) -> None:
+        for name, low in (("head", 0), ("depth", 1), ("limit", 1), ("window", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(
+                    f"exposure {name} must be an integer >= {low}, got {value!r}"
+                )
+
+
+class ExposureLedger:
+    """How often each book was placed in a list lately; arranges new lists.
+
+    Counts live in two generations of ``window`` lists each: when the
+    current one is full it becomes the previous one and a fresh one starts,
+    so a book's count covers the last ``window`` to ``2 * window`` lists.
+    Thread-safe: a list is arranged and recorded under one lock, so two
+    concurrent lists never both take the same unshown book.
+
+    Parameters
+    ----------
+    n_items : int
+        Books of the catalogue (rows ``0 .. n_items - 1``).
+    settings : ExposureSettings
+    """
+
+    def __init__(self, n_items: int, settings: ExposureSettings) -> None:
+        if n_items < 0:
+            raise ValueError(f"n_items must be >= 0, got {n_items!r}")
+        self.settings = settings
+        self._current = np.zeros(n_items, dtype=np.int32)
+        self._previous = np.zeros(n_items, dtype=np.int32)
+        self._lists = 0
+        self._lock = threading.Lock()
+
+    def shown(self, items: np.ndarray) -> np.ndarray:
+        """(len(items),) int: lists each book was placed in, this window."""
+        with self._lock:
+            return self._current[items] + self._previous[items]
+
+    def arrange(self, ranked: np.ndarray, n: int) -> np.ndarray:
+        """Positions into ``ranked`` of an ``n``-book list, and record it.
+
+        Parameters
+        ----------
+        ranked : (c,) int
+            Distinct book rows, best first.
+        n : int
+            Books wanted (>= 0).
+
+        Returns
+        -------
+        (min(n, c),) int64
+            The first ``head`` positions; then, in order, the positions within
+            ``depth`` whose books were shown fewer than ``limit`` times; then
+            the best remaining positions.
+        """
+        ranked = np.asarray(ranked, dtype=np.int64)
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n!r}")
+        m = min(n, len(ranked))
+        head = min(self.settings.head, m)
+        with self._lock:
+            reach = ranked[: max(self.settings.depth, m)]
+            shown = self._current[reach] + self._previous[reach]
+            fresh = np.flatnonzero(shown[head:] < self.settings.limit) + head
+            chosen = np.concatenate([np.arange(head), fresh[: m - head]])
+            if len(chosen) < m:
+                rest = np.setdiff1d(np.arange(len(ranked)), chosen)[: m - len(chosen)]
+                chosen = np.concatenate([chosen, rest])
+            chosen = chosen.astype(np.int64)
+            self._current[ranked[chosen]] += 1
+            self._lists += 1
+            if self._lists >= self.settings.window:
+                self._previous, self._current = self._current, self._previous
+                self._current[:] = 0
+                self._lists = 0
+        return chosen

@@ -73,7 +73,7 @@ from bookverse.models.dataset import Catalogue
 from bookverse.models.features import RequestContext
 from bookverse.models.ids import ID_SCHEMES, IdScheme, normalize_book_id
 from bookverse.models.registry import load_model
-from bookverse.models.rerank import mmr
+from bookverse.models.rerank import ExposureLedger, ExposureSettings, mmr
 
 if TYPE_CHECKING:
     from bookverse.models.ranker import MetaRanker
@@ -131,6 +131,11 @@ class RerankSettings:
     with_popularity : bool
         Whether ``mmr`` takes ``popularity`` (each candidate's training
         readers), which the server then passes.
+    exposure : ExposureSettings or None, default None
+        The manifest's ``rerank.exposure``: the places of each answer that
+        go to books the server has shown least lately (an
+        :class:`~bookverse.models.rerank.ExposureLedger` per bundle); None
+        leaves the MMR order as it is.
     """
 
     diversity: float = 0.3
@@ -139,6 +144,7 @@ class RerankSettings:
     embedding: str = "als"
     extra: Mapping[str, Any] = field(default_factory=dict)
     with_popularity: bool = False
+    exposure: ExposureSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,9 @@ class ServingBundle:
         The meta-ranker over ``models``; None serves the weighted blend.
     rerank : RerankSettings or None
         Diversity re-ranking; None re-ranks nothing.
+    ledger : ExposureLedger or None
+        What this bundle has shown lately, when ``rerank`` has ``exposure``;
+        each bundle starts a fresh one.
     """
 
     version: str
@@ -203,6 +212,7 @@ class ServingBundle:
     folder: Path | None = None
     ranker: MetaRanker | None = None
     rerank: RerankSettings | None = None
+    ledger: ExposureLedger | None = None
 
     @property
     def n_items(self) -> int:
@@ -286,6 +296,7 @@ class ServingBundle:
             folder=folder,
             ranker=ranker,
             rerank=rerank,
+            ledger=_ledger(rerank, len(book_index)),
         )
 
     @classmethod
@@ -563,7 +574,42 @@ def _rerank_settings(manifest: Manifest) -> RerankSettings | None:
         embedding=embedding,
         extra=_mmr_extras(spec),
         with_popularity="popularity" in inspect.signature(mmr).parameters,
+        exposure=_exposure_settings(spec.get("exposure")),
     )
+
+
+def _exposure_settings(spec: object) -> ExposureSettings | None:
+    """``rerank.exposure`` checked; None when absent or null.
+
+    Raises
+    ------
+    BundleError
+        Naming the key whose value breaks its rule, or an unknown key.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise BundleError("manifest.json: rerank.exposure must be an object or null")
+    known = {"head", "depth", "limit", "window"}
+    unknown = sorted(str(key)[:40] for key in spec if key not in known)
+    if unknown:
+        raise BundleError(
+            f"manifest.json: rerank.exposure keys must be among {sorted(known)}, "
+            f"got {unknown}"
+        )
+    missing = sorted({"head", "depth"} - set(spec))
+    if missing:
+        raise BundleError(f"manifest.json: rerank.exposure must give {missing}")
+    try:
+        return ExposureSettings(**spec)
+    except ValueError as exc:
+        raise BundleError(f"manifest.json: rerank.{exc}") from exc
+
+
+def _ledger(rerank: RerankSettings | None, n_items: int) -> ExposureLedger | None:
+    if rerank is None or rerank.exposure is None:
+        return None
+    return ExposureLedger(n_items, rerank.exposure)
 
 
 def _mmr_extras(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -571,7 +617,13 @@ def _mmr_extras(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     The others are ignored, with one warning naming them.
     """
-    known = {"diversity", "similarity_threshold", "max_per_author", "embedding"}
+    known = {
+        "diversity",
+        "similarity_threshold",
+        "max_per_author",
+        "embedding",
+        "exposure",
+    }
     accepted = set(inspect.signature(mmr).parameters) - set(_MMR_SET_BY_SERVER)
     extra = {k: v for k, v in spec.items() if k not in known and k in accepted}
     ignored = sorted(k for k in spec if k not in known and k not in accepted)

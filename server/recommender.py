@@ -46,7 +46,13 @@ clock and at the client:
    (the other one when the bundle lacks the one named; no similarity when it
    has neither) and case-folded authors. MMR's score is the final score;
    items are sorted by it, ties by book id. An author cap may shorten the
-   list.
+   list. With ``rerank.exposure`` MMR orders the best ``depth`` instead, and
+   the bundle's :class:`~bookverse.models.rerank.ExposureLedger` arranges
+   the answer: the first ``head`` places as MMR put them, the others to the
+   best books shown fewer than ``limit`` times lately (catalogue coverage
+   across readers; a repeated call may so see other books in those places).
+   Scores are then the running minimum in that order (ties by book id, as
+   always).
 
 Filters: books without a title (ratings of ISBNs the catalogue has no row
 for) are never recommended; books the reader already read are removed unless
@@ -1238,7 +1244,9 @@ def _final_order(
         top = order[:n]
         return top, np.asarray(relevance[top], dtype=np.float64)
 
-    top = order[: _rerank_depth(n)]
+    ledger = bundle.ledger
+    depth = n if ledger is None else max(n, ledger.settings.depth)
+    top = order[: max(_rerank_depth(n), depth)]
     extra = dict(settings.extra)
     if settings.with_popularity:
         extra["popularity"] = bundle.readers_per_item[rows[top]].astype(np.float64)
@@ -1247,7 +1255,7 @@ def _final_order(
             rows[top],
             relevance[top],
             _embedding(bundle, rows[top], settings.embedding),
-            n,
+            depth,
             diversity=settings.diversity,
             similarity_threshold=settings.similarity_threshold,
             authors=list(bundle.author_keys[rows[top]]),
@@ -1257,6 +1265,12 @@ def _final_order(
     except (ValueError, TypeError):
         logger.warning("re-ranking failed; relevance order served", exc_info=True)
         return order[:n], np.asarray(relevance[order[:n]], dtype=np.float64)
+    if ledger is not None:
+        # the tail places go to books shown least lately; the running minimum
+        # keeps the scores non-increasing in the arranged order
+        arranged = ledger.arrange(picked, n)
+        picked = picked[arranged]
+        scores = np.minimum.accumulate(scores[arranged].astype(np.float64))
 
     # MMR's scores are a running minimum: ties happen, and go to the book id
     where = {

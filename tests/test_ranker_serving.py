@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from conftest import LiveServer, Published, serving
 
 from bookverse.models.base import Model, UserProfile
-from bookverse.models.bundle import MANIFEST, BundleError, read_manifest
+from bookverse.models.bundle import MANIFEST, POINTER, BundleError, read_manifest
 from bookverse.models.features import RequestContext
 from bookverse.models.ranker import MetaRanker
 from bookverse.models.registry import load_model
@@ -468,3 +468,89 @@ def test_include_already_read_brings_read_books_back_with_a_ranker(
         only_authors=tuple(authors),
     )
     assert any(item.already_seen for item in answer.items)
+
+
+# the exposure ledger: tail places spread over readers, the head stays
+
+
+EXPOSURE = {"diversity": 0.0, "exposure": {"head": 3, "depth": 40}}
+
+EXPOSURE_REFUSALS = {
+    "not an object": ("high", "rerank.exposure must be an object"),
+    "a negative head": ({"head": -1, "depth": 40}, "rerank.exposure head"),
+    "a zero depth": ({"head": 3, "depth": 0}, "rerank.exposure depth"),
+    "a window that is no integer": (
+        {"head": 3, "depth": 40, "window": 2.5},
+        "rerank.exposure window",
+    ),
+    "no depth": ({"head": 3}, "must give \\['depth'\\]"),
+    "an unknown key": ({"head": 3, "depth": 40, "tilt": 1}, "tilt"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPOSURE_REFUSALS))
+def test_a_broken_exposure_setting_is_refused(
+    ranker_published: Published, tmp_path: Path, name: str
+) -> None:
+    exposure, named = EXPOSURE_REFUSALS[name]
+    folder = variant(
+        ranker_published, tmp_path, lambda m: m.update(rerank={"exposure": exposure})
+    )
+    with pytest.raises(BundleError, match=named):
+        ServingBundle.load(folder)
+
+
+def test_exposure_keeps_the_head_and_moves_the_tail_on_a_repeat(
+    ranker_published: Published, tmp_path: Path
+) -> None:
+    bundle = with_rerank(ranker_published, tmp_path, EXPOSURE)
+    plain = with_rerank(ranker_published, tmp_path / "plain", {"diversity": 0.0})
+    (user, _), *_ = readers_with_history(bundle, 1)
+    expected = [item.book_id for item in recommend(plain, user).items]
+    first = [item.book_id for item in recommend(bundle, user).items]
+    second = [item.book_id for item in recommend(bundle, user).items]
+    assert first == expected  # a fresh ledger has shown nothing yet
+    assert set(second[:3]) == set(expected[:3])
+    assert not set(second[3:]) & set(first[3:])  # shown once: other books now
+    for answer in (first, second):
+        assert len(answer) == 10 == len(set(answer))
+
+
+def test_exposure_covers_more_books_over_many_readers(
+    ranker_published: Published, tmp_path: Path
+) -> None:
+    bundle = with_rerank(ranker_published, tmp_path, EXPOSURE)
+    plain = with_rerank(ranker_published, tmp_path / "plain", {"diversity": 0.0})
+    readers = readers_with_history(bundle, 30)
+    covered = {
+        name: {
+            item.book_id
+            for user, _ in readers
+            for item in recommend(served, user).items
+        }
+        for name, served in (("plain", plain), ("exposure", bundle))
+    }
+    slots = 10 * len(readers)
+    assert len(covered["exposure"]) > len(covered["plain"])
+    assert len(covered["exposure"]) >= 0.95 * slots  # nearly every place a new book
+
+
+def test_exposure_answers_keep_the_list_contract_over_a_channel(
+    ranker_published: Published, tmp_path: Path
+) -> None:
+    folder = variant(ranker_published, tmp_path, lambda m: m.update(rerank=EXPOSURE))
+    bundle = ServingBundle.load(folder)
+    ids = set(bundle.catalogue.item_ids.tolist())
+    (tmp_path / POINTER).write_text(folder.name, encoding="utf-8")
+    with serving(tmp_path, tmp_path / "events.db") as live:
+        for user, _ in readers_with_history(bundle, READERS):
+            answers = []
+            for _ in range(3):
+                answer = live.stub.Recommend(
+                    pb.RecommendRequest(user_id=user, n=10), timeout=TIMEOUT
+                )
+                assert len(answer.items) == 10
+                assert_list_contract(answer.items, 10, ids)
+                answers.append([item.book_id for item in answer.items])
+            # the served bundle is the exposure one: a repeat moves the tail
+            assert answers[0][3:] != answers[1][3:]

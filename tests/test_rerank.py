@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bookverse.models.rerank import cosine_matrix, mmr
+from bookverse.models.rerank import (
+    ExposureLedger,
+    ExposureSettings,
+    cosine_matrix,
+    mmr,
+)
 
 # items 10 and 11 point the same way, 12 is orthogonal to both
 CANDIDATES = np.array([10, 11, 12])
@@ -339,3 +346,131 @@ def test_existing_parameters_keep_their_order_and_defaults() -> None:
 def test_bad_popularity_arguments_name_the_parameter(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         mmr(CANDIDATES, RELEVANCE, VECTORS, n=3, **kwargs)
+
+
+# -- the sort that stands in for the greedy loop when no pick depends on another
+
+
+def _greedy_reference(
+    candidates: np.ndarray, relevance: np.ndarray, n: int, **kwargs: object
+) -> tuple[np.ndarray, np.ndarray]:
+    """The greedy loop itself: a threshold far above any cosine forces it
+    without changing what it picks."""
+    return mmr(
+        candidates,
+        relevance,
+        np.eye(len(candidates)),
+        n,
+        diversity=0.0,
+        similarity_threshold=1e9,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("head", [0, 2, 5])
+@pytest.mark.parametrize("penalty", [0.0, 1.5])
+def test_sorted_picks_equal_the_greedy_loop(head: int, penalty: float) -> None:
+    rng = np.random.default_rng(head * 10 + int(penalty))
+    candidates = rng.permutation(400)[:60]
+    relevance = np.round(rng.random(60), 1)  # many ties
+    readers = rng.integers(0, 50, 60).astype(float)
+    kwargs = {"popularity": readers, "popularity_penalty": penalty, "head": head}
+    fast = mmr(candidates, relevance, np.eye(60), 25, diversity=0.0, **kwargs)
+    slow = _greedy_reference(candidates, relevance, 25, **kwargs)
+    assert fast[0].tolist() == slow[0].tolist()
+    np.testing.assert_allclose(fast[1], slow[1], atol=1e-6)
+
+
+# -- the exposure ledger -----------------------------------------------------------
+
+
+def test_ledger_gives_tail_places_to_books_not_shown_yet() -> None:
+    ledger = ExposureLedger(20, ExposureSettings(head=2, depth=6))
+    ranked = np.array([5, 6, 7, 8, 9, 10, 11])
+    first = ranked[ledger.arrange(ranked, 4)]
+    assert first.tolist() == [5, 6, 7, 8]
+    # 7 and 8 were shown: the next list keeps the head, then 9 and 10
+    second = ranked[ledger.arrange(ranked, 4)]
+    assert second.tolist() == [5, 6, 9, 10]
+    assert ledger.shown(np.array([5, 7, 9, 11])).tolist() == [2, 1, 1, 0]
+
+
+def test_ledger_fills_from_the_best_shown_books_when_depth_runs_out() -> None:
+    ledger = ExposureLedger(10, ExposureSettings(head=1, depth=3))
+    ranked = np.array([0, 1, 2, 3, 4])
+    ledger.arrange(ranked, 3)  # shows 0, 1, 2
+    # within depth 3 nothing is fresh: the best remaining places, in order
+    assert ranked[ledger.arrange(ranked, 3)].tolist() == [0, 1, 2]
+
+
+def test_ledger_limit_counts_a_book_as_shown_only_at_the_limit() -> None:
+    ledger = ExposureLedger(10, ExposureSettings(head=0, depth=4, limit=2))
+    ranked = np.array([0, 1, 2, 3])
+    assert ranked[ledger.arrange(ranked, 2)].tolist() == [0, 1]
+    assert ranked[ledger.arrange(ranked, 2)].tolist() == [0, 1]
+    assert ranked[ledger.arrange(ranked, 2)].tolist() == [2, 3]
+
+
+def test_ledger_window_forgets_lists_two_generations_old() -> None:
+    ledger = ExposureLedger(5, ExposureSettings(head=0, depth=5, window=2))
+    ranked = np.array([0, 1, 2, 3, 4])
+    ledger.arrange(ranked, 1)  # generation 1: 0
+    ledger.arrange(ranked, 1)  # generation 1: 1; full, becomes the previous
+    assert ledger.shown(ranked).tolist() == [1, 1, 0, 0, 0]
+    ledger.arrange(ranked, 1)  # generation 2: 2
+    ledger.arrange(ranked, 1)  # generation 2: 3; generation 1 is forgotten
+    assert ledger.shown(ranked).tolist() == [0, 0, 1, 1, 0]
+
+
+def test_ledger_short_rankings_and_zero_n() -> None:
+    ledger = ExposureLedger(5, ExposureSettings(head=3, depth=10))
+    assert ledger.arrange(np.array([4, 2]), 5).tolist() == [0, 1]
+    assert ledger.arrange(np.array([4, 2]), 0).tolist() == []
+    assert ledger.shown(np.array([4, 2])).tolist() == [1, 1]
+
+
+def test_ledger_spreads_many_readers_over_more_books() -> None:
+    # every reader ranks the same 50 books a little differently: plain top-5
+    # lists cover few books, arranged ones cover many more at the same depth
+    rng = np.random.default_rng(0)
+    ledger = ExposureLedger(50, ExposureSettings(head=2, depth=30))
+    plain, arranged = set(), set()
+    for _ in range(40):
+        ranked = np.argsort(-(np.linspace(1, 0, 50) + rng.normal(0, 0.05, 50)))
+        plain.update(ranked[:5].tolist())
+        arranged.update(ranked[ledger.arrange(ranked, 5)].tolist())
+    assert len(arranged) >= 2 * len(plain)
+
+
+def test_ledger_lists_from_many_threads_never_share_a_fresh_book() -> None:
+    ledger = ExposureLedger(2000, ExposureSettings(head=0, depth=2000))
+    ranked = np.arange(2000)
+    lists: list[list[int]] = []
+
+    def serve() -> None:
+        for _ in range(25):
+            lists.append(ranked[ledger.arrange(ranked, 10)].tolist())
+
+    threads = [threading.Thread(target=serve) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    books = [book for one in lists for book in one]
+    assert len(books) == 8 * 25 * 10 == len(set(books))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"head": -1, "depth": 5}, "head"),
+        ({"head": 1, "depth": 0}, "depth"),
+        ({"head": 1, "depth": 5, "limit": 0}, "limit"),
+        ({"head": 1, "depth": 5, "window": 0}, "window"),
+        ({"head": 1.5, "depth": 5}, "head"),
+        ({"head": True, "depth": 5}, "head"),
+    ],
+)
+def test_bad_exposure_settings_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"exposure {field} must be an integer"):
+        ExposureSettings(**kwargs)

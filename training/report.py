@@ -14,16 +14,20 @@ data set (as the training run prepares it) and one per-reader split (80/20,
   (``models.rerank.mmr``).
 
 The re-ranking setting is chosen on the validation split (never the test
-part) from a grid of MMR ``lambda`` x popularity penalty ``beta`` x pool
-size x head length (``models.rerank.mmr``; reader counts per book from the
-training part): the setting with the best catalogue coverage among those
-keeping ``NDCG_KEPT`` of the plain blend's nDCG@k (``COVERAGE_GAIN`` is the
-coverage target it is measured against). Similarity, for the re-ranking and
-for intra-list diversity, is the cosine of the ALS item factors.
+part), over every validation reader: a grid of exposure-ledger settings
+(``models.rerank.ExposureLedger``: places kept in relevance order x how deep
+the other places may reach), each list arranged against the lists before it
+as the server does. Of the settings meeting the target (coverage
+``COVERAGE_GAIN`` x the plain blend's, keeping ``NDCG_KEPT`` of its nDCG@k)
+the one farthest inside both bounds wins (``_margin``), so that the test
+split, which it has not seen, is likely to meet them too; failing any, the
+best coverage that keeps ``NDCG_KEPT``. Similarity, for intra-list
+diversity, is the cosine of the ALS item factors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -40,7 +44,7 @@ from bookverse.models.als import ALS
 from bookverse.models.base import Model
 from bookverse.models.dataset import Dataset
 from bookverse.models.registry import MODEL_CLASSES
-from bookverse.models.rerank import mmr
+from bookverse.models.rerank import ExposureLedger, ExposureSettings, mmr
 from bookverse.training import pipeline
 from bookverse.training.evaluate import (
     _blend_candidates,
@@ -64,10 +68,8 @@ logger = logging.getLogger(__name__)
 
 COVERAGE_GAIN = 2.0
 NDCG_KEPT = 0.95
-DIVERSITIES = (0.0, 0.1)
-PENALTIES = (0.5, 1.0, 1.5, 2.0, 3.0)
-RERANK_POOLS = (50, 100, 200)
-HEADS = (0, 3, 5, 7)
+EXPOSURE_HEADS = (3, 5, 7, 8)
+EXPOSURE_DEPTHS = (50, 100, 200)
 SELECTION_READERS = 2000
 POOL = 100
 BATCH = 512
@@ -167,16 +169,31 @@ class Rerank:
     penalty: float = 0.0
     pool: int | None = None
     head: int = 0
+    exposure: ExposureSettings | None = None
 
-    def apply(self, candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-        """(k,) int64 list (``-1`` padded) re-ranked from one reader's pool."""
+    def ledger(self) -> ExposureLedger | None:
+        """A fresh ledger for one pass over the readers (None without exposure)."""
+        if self.exposure is None:
+            return None
+        return ExposureLedger(len(self.embeddings), self.exposure)
+
+    def apply(
+        self,
+        candidates: np.ndarray,
+        scores: np.ndarray,
+        k: int,
+        ledger: ExposureLedger | None = None,
+    ) -> np.ndarray:
+        """(k,) int64 list (``-1`` padded) re-ranked from one reader's pool;
+        with a ``ledger``, arranged against (and recorded in) it."""
         keep = (candidates >= 0) & np.isfinite(scores)
         items, relevance = candidates[keep], scores[keep]
+        depth = k if ledger is None else max(k, ledger.settings.depth)
         chosen, _ = mmr(
             items,
             relevance,
             self.embeddings[items],
-            n=k,
+            n=depth,
             diversity=self.diversity,
             similarity_threshold=self.threshold,
             popularity=None if self.readers is None else self.readers[items],
@@ -184,6 +201,8 @@ class Rerank:
             pool=self.pool,
             head=self.head,
         )
+        if ledger is not None:
+            chosen = chosen[ledger.arrange(chosen, k)]
         return np.pad(chosen, (0, k - len(chosen)), constant_values=-1)
 
 
@@ -206,10 +225,12 @@ class Pools:
     def lists(
         self, test_items: sp.csr_matrix, k: int, rerank: Rerank | None = None
     ) -> Lists:
-        order = _plain if rerank is None else rerank.apply
-        top = np.stack(
-            [order(c, s, k) for c, s in zip(self.candidates, self.scores, strict=True)]
-        )
+        pairs = zip(self.candidates, self.scores, strict=True)
+        if rerank is None:
+            top = np.stack([_plain(c, s, k) for c, s in pairs])
+        else:
+            ledger = rerank.ledger()
+            top = np.stack([rerank.apply(c, s, k, ledger) for c, s in pairs])
         return _finish(top.astype(np.int64), test_items, self.users)
 
 
@@ -242,46 +263,50 @@ def _pad(array: np.ndarray, width: int, value: float) -> np.ndarray:
 # -- the re-ranking setting, chosen on validation ------------------------------
 
 
+def _margin(setting: Mapping[str, Any]) -> float:
+    """How far inside both bounds a setting is: the smaller of its coverage
+    gain beyond ``COVERAGE_GAIN`` and its nDCG beyond ``NDCG_KEPT``, each
+    relative to its bound's room."""
+    coverage = setting["coverage_ratio"] / COVERAGE_GAIN - 1.0
+    ndcg = (setting["ndcg_ratio"] - NDCG_KEPT) / (1.0 - NDCG_KEPT)
+    return min(coverage, ndcg)
+
+
 def choose_rerank(
     pools: Pools,
     valid_items: sp.csr_matrix,
     embeddings: np.ndarray,
-    readers: np.ndarray,
     k: int,
 ) -> dict[str, Any]:
-    """Grid search of (diversity, penalty, pool, head) on validation pools.
+    """Grid search of exposure-ledger settings on validation pools.
 
-    Parameters
-    ----------
-    readers : (n_items,) training readers per book, for the penalty.
+    Every setting arranges the readers' lists, in pool order, against a
+    fresh ledger; the lists of the plain relevance order are the base.
 
     Returns
     -------
     dict
-        ``diversity``, ``penalty``, ``pool``, ``head`` of the setting with the
-        best coverage that keeps ``NDCG_KEPT`` of the plain nDCG@k (failing
-        any, the best nDCG@k); ``met`` (coverage >= ``COVERAGE_GAIN`` x as
-        well); the plain ``base`` (ndcg, coverage); the ``grid`` tried.
+        ``diversity``, ``penalty``, ``pool``, ``head`` (the MMR step: none),
+        ``threshold`` and ``exposure`` (an ``ExposureSettings``) of the chosen
+        setting (see the module notes); ``met`` (the target reached on
+        validation); the plain ``base`` (ndcg, coverage); the ``grid`` tried.
     """
-    n_items = len(readers)
+    n_items = len(embeddings)
     metric = f"ndcg@{k}"
     base_lists = pools.lists(valid_items, k)
     base = ranking_metrics(base_lists.hits, base_lists.n_relevant)[metric]
     base_cov = catalogue_coverage(base_lists.top, n_items)
     grid = []
-    for diversity, penalty, pool, head in itertools.product(
-        DIVERSITIES, PENALTIES, RERANK_POOLS, HEADS
-    ):
-        setting = Rerank(embeddings, diversity, None, readers, penalty, pool, head)
-        lists = pools.lists(valid_items, k, setting)
+    for head, depth in itertools.product(EXPOSURE_HEADS, EXPOSURE_DEPTHS):
+        exposure = ExposureSettings(head=head, depth=depth)
+        lists = pools.lists(
+            valid_items, k, Rerank(embeddings, 0.0, None, exposure=exposure)
+        )
         ndcg = ranking_metrics(lists.hits, lists.n_relevant)[metric]
         coverage = catalogue_coverage(lists.top, n_items)
         grid.append(
             {
-                "diversity": diversity,
-                "penalty": penalty,
-                "pool": pool,
-                "head": head,
+                "exposure": exposure,
                 "ndcg_ratio": ndcg / base,
                 "coverage_ratio": coverage / base_cov,
             }
@@ -289,14 +314,21 @@ def choose_rerank(
         logger.info("re-ranking validation %s", grid[-1])
 
     kept = [g for g in grid if g["ndcg_ratio"] >= NDCG_KEPT]
-    if kept:
+    met = [g for g in kept if g["coverage_ratio"] >= COVERAGE_GAIN]
+    if met:
+        best = max(met, key=_margin)
+    elif kept:
         best = max(kept, key=lambda g: (g["coverage_ratio"], g["ndcg_ratio"]))
     else:
         best = max(grid, key=lambda g: g["ndcg_ratio"])
     return {
-        **{key: best[key] for key in ("diversity", "penalty", "pool", "head")},
+        "diversity": 0.0,
+        "penalty": 0.0,
+        "pool": None,
+        "head": 0,
         "threshold": None,
-        "met": bool(kept) and best["coverage_ratio"] >= COVERAGE_GAIN,
+        "exposure": best["exposure"],
+        "met": bool(met),
         "base": {"ndcg": base, "coverage": base_cov},
         "grid": grid,
     }
@@ -389,15 +421,8 @@ def _hybrids(
         valid_als = valid_models["als"]
         assert isinstance(valid_als, ALS)
         _, valid_items, valid_users = _readers(fit_part, valid)
-        rng = np.random.default_rng(seed)
-        if len(valid_users) > SELECTION_READERS:
-            valid_users = np.sort(
-                rng.choice(valid_users, SELECTION_READERS, replace=False)
-            )
         pools = blend_pools(valid_models, weights, fit_part, valid_users)
-        choice = choose_rerank(
-            pools, valid_items, valid_als.item_factors, _reader_counts(fit_part), k
-        )
+        choice = choose_rerank(pools, valid_items, valid_als.item_factors, k)
     report.rerank = {"weights": weights, **choice}
     setting = Rerank(
         embeddings,
@@ -407,12 +432,16 @@ def _hybrids(
         choice["penalty"],
         choice["pool"],
         choice["head"],
+        choice["exposure"],
     )
 
     with timer.step("evaluate weighted blend, plain and re-ranked"):
         models = {n: fitted[n] for n in components}
         pools = blend_pools(models, weights, train, test_users)
-        for name, rerank in (("weighted_blend", None), ("weighted_blend+mmr", setting)):
+        for name, rerank in (
+            ("weighted_blend", None),
+            ("weighted_blend+rerank", setting),
+        ):
             lists = pools.lists(test_items, k, rerank)
             report.rows[name] = summarise(lists, n_items, similarity)
             report.kind[name] = "hybrid"
@@ -439,7 +468,7 @@ def _hybrids(
             meta.pool,
         )
         pools = _ranker_pools(rows, meta.score(rows.features))
-        for name, rerank in (("meta_ranker", None), ("meta_ranker+mmr", setting)):
+        for name, rerank in (("meta_ranker", None), ("meta_ranker+rerank", setting)):
             lists = pools.lists(test_items, k, rerank)
             report.rows[name] = summarise(lists, n_items, similarity)
             report.kind[name] = "hybrid"
@@ -576,8 +605,8 @@ def _cell(value: float | None) -> str:
 
 
 def rerank_ratios(report: Report, base: str = "weighted_blend") -> tuple[float, float]:
-    """(coverage ratio, nDCG@k ratio) of ``base+mmr`` over ``base`` on test."""
-    plain, reranked = report.rows[base], report.rows[f"{base}+mmr"]
+    """(coverage ratio, nDCG@k ratio) of ``base+rerank`` over ``base`` on test."""
+    plain, reranked = report.rows[base], report.rows[f"{base}+rerank"]
     metric = f"ndcg@{report.k}"
     return (
         reranked["coverage"] / plain["coverage"],
@@ -595,12 +624,13 @@ def _rerank_lines(report: Report) -> list[str]:
         "## Re-ranking",
         "",
         f"Blend weights (validation): {weights}. Re-ranking chosen on the "
-        "validation split, the best coverage keeping "
-        f"{NDCG_KEPT:.0%} of the plain blend's nDCG@{report.k}: MMR lambda "
-        f"{choice['diversity']}, popularity penalty {choice['penalty']}, pool "
-        f"{choice['pool']}, head {choice['head']} (target: coverage >= "
-        f"{COVERAGE_GAIN:g}x with nDCG@{report.k} >= {NDCG_KEPT:.0%}; "
-        f"{'met' if choice['met'] else 'NOT met'} on validation).",
+        "validation split: of the exposure-ledger settings reaching "
+        f"{COVERAGE_GAIN:g}x coverage with nDCG@{report.k} >= {NDCG_KEPT:.0%} of "
+        "the plain blend's, the one farthest inside both bounds (the smaller of "
+        "its coverage gain beyond the target and its nDCG beyond the bound, each "
+        "relative to the room the bound leaves); failing any, the best "
+        f"coverage keeping {NDCG_KEPT:.0%}. Chosen: {_exposure_words(choice)} "
+        f"(target {'met' if choice['met'] else 'NOT met'} on validation).",
         "",
         "The manifest's re-ranking section for it:",
         "",
@@ -621,26 +651,37 @@ def _rerank_lines(report: Report) -> list[str]:
         "|---|---:|---:|",
     ]
     for base in ("weighted_blend", "meta_ranker"):
-        if f"{base}+mmr" in report.rows:
+        if f"{base}+rerank" in report.rows:
             coverage, ndcg = rerank_ratios(report, base)
             lines.append(f"| {base} (test) | {coverage:.2f}x | {ndcg:.3f} |")
     lines += [
         "",
         "Validation grid (ratios over the plain blend), best coverage first:",
         "",
-        "| lambda | penalty | pool | head | coverage ratio | nDCG ratio |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| head | depth | limit | coverage ratio | nDCG ratio |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for g in sorted(choice["grid"], key=lambda g: -g["coverage_ratio"]):
+        exposure = g["exposure"]
         lines.append(
-            f"| {g['diversity']} | {g['penalty']} | {g['pool']} | {g['head']} | "
+            f"| {exposure.head} | {exposure.depth} | {exposure.limit} | "
             f"{g['coverage_ratio']:.2f} | {g['ndcg_ratio']:.3f} |"
         )
     return lines
 
 
+def _exposure_words(choice: Mapping[str, Any]) -> str:
+    exposure = choice["exposure"]
+    return (
+        f"the first {exposure.head} places by relevance, the others to the best "
+        f"of the reader's {exposure.depth} shown fewer than {exposure.limit} "
+        f"time(s) in the last {exposure.window} lists"
+    )
+
+
 def manifest_rerank(choice: Mapping[str, Any]) -> dict[str, Any]:
     """The chosen setting as the bundle manifest's ``rerank`` section."""
+    exposure = choice["exposure"]
     return {
         "diversity": choice["diversity"],
         "similarity_threshold": choice["threshold"],
@@ -648,6 +689,7 @@ def manifest_rerank(choice: Mapping[str, Any]) -> dict[str, Any]:
         "popularity_penalty": choice["penalty"],
         "pool": choice["pool"],
         "head": choice["head"],
+        "exposure": None if exposure is None else dataclasses.asdict(exposure),
     }
 
 
@@ -699,10 +741,10 @@ def summary_lines(report: Report) -> Sequence[str]:
     """The re-ranking ratios for a terminal."""
     lines = []
     for base in ("weighted_blend", "meta_ranker"):
-        if f"{base}+mmr" in report.rows:
+        if f"{base}+rerank" in report.rows:
             coverage, ndcg = rerank_ratios(report, base)
             lines.append(
-                f"{base}+mmr vs {base}: coverage x{coverage:.2f}, "
+                f"{base}+rerank vs {base}: coverage x{coverage:.2f}, "
                 f"ndcg@{report.k} x{ndcg:.3f}"
             )
     return lines
