@@ -1378,6 +1378,11 @@ def _strategy_reason(
         text += ", ordered by the meta-ranker"
     if rerank is not None:
         text += ", re-ranked for diversity"
+        if rerank.exposure is not None:
+            text += (
+                f", the places after the first {rerank.exposure.head} "
+                "given to books shown less often"
+            )
     return text
 
 

@@ -507,7 +507,11 @@ def test_exposure_keeps_the_head_and_moves_the_tail_on_a_repeat(
     plain = with_rerank(ranker_published, tmp_path / "plain", {"diversity": 0.0})
     (user, _), *_ = readers_with_history(bundle, 1)
     expected = [item.book_id for item in recommend(plain, user).items]
-    first = [item.book_id for item in recommend(bundle, user).items]
+    answer = recommend(bundle, user)
+    assert "the places after the first 3 given to books shown less" in (
+        answer.strategy_reason
+    )
+    first = [item.book_id for item in answer.items]
     second = [item.book_id for item in recommend(bundle, user).items]
     assert first == expected  # a fresh ledger has shown nothing yet
     assert set(second[:3]) == set(expected[:3])
