@@ -62,27 +62,23 @@ DEFAULT_MODELS: dict[str, dict[str, Any]] = {
 RANKER_BASES = ("popularity", "als", "item_knn", "user_knn", "ease", "content")
 
 # re-ranking the server applies after the hybrid (manifest "rerank"), by data
-# set: the setting `bookverse-train evaluate` chose on each one's validation
-# split (docs/results/<dataset>.md), plus, where books have authors, a cap of
-# two books per author so that one author never fills a list
+# set: the exposure-ledger setting `bookverse-train evaluate` chose on each
+# one's validation split (docs/results/<dataset>.md), plus, where books have
+# authors, a cap of two books per author so that one author never fills a list
 RERANK_BY_DATASET: dict[str, dict[str, Any]] = {
     "bookcrossing": {
-        "diversity": 0.1,
+        "diversity": 0.0,
         "similarity_threshold": None,
         "max_per_author": 2,
         "embedding": "als",
-        "popularity_penalty": 0.5,
-        "pool": 200,
-        "head": 3,
+        "exposure": {"head": 5, "depth": 200, "limit": 1, "window": 20000},
     },
     "movielens100k": {
-        "diversity": 0.1,
+        "diversity": 0.0,
         "similarity_threshold": None,
         "max_per_author": None,
         "embedding": "als",
-        "popularity_penalty": 2.0,
-        "pool": 100,
-        "head": 7,
+        "exposure": {"head": 8, "depth": 200, "limit": 1, "window": 20000},
     },
 }
 DEFAULT_RERANK = RERANK_BY_DATASET["bookcrossing"]
