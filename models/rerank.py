@@ -173,9 +173,9 @@ def mmr(
     if counts is not None and popularity_penalty > 0:
         relevance = relevance - popularity_penalty * _log_popularity(counts)
     base = (1.0 - diversity) * relevance.astype(np.float64)
-    if diversity == 0 and similarity_threshold is None and max_per_author is None:
-        # nothing depends on the items already chosen: the greedy is a sort
-        return _sorted_picks(candidates, plain, base, n, head)
+    if diversity == 0 and similarity_threshold is None:
+        # no similarity term: the greedy is a walk down two sorted orders
+        return _sorted_picks(candidates, plain, base, n, head, capped, max_per_author)
     sims = _similarities(similarity, candidates)
     max_sim = np.zeros(len(candidates))
     open_ = np.ones(len(candidates), dtype=bool)
@@ -215,20 +215,40 @@ def mmr(
 
 
 def _sorted_picks(
-    candidates: np.ndarray, plain: np.ndarray, base: np.ndarray, n: int, head: int
+    candidates: np.ndarray,
+    plain: np.ndarray,
+    base: np.ndarray,
+    n: int,
+    head: int,
+    capped: np.ndarray,
+    max_per_author: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """What the greedy loop picks when no pick depends on earlier ones: the
-    ``head`` best by ``plain``, then the rest by ``base`` (ties: lower item)."""
-    first = np.lexsort((candidates, -plain))[: min(head, n)]
-    rest = np.ones(len(candidates), dtype=bool)
-    rest[first] = False
-    left = np.flatnonzero(rest)
-    after = left[np.lexsort((candidates[left], -base[left]))][: n - len(first)]
-    picks = np.concatenate([first, after]).astype(np.int64)
-    marginal = np.concatenate([plain[first], base[after]])
-    scores = np.minimum.accumulate(marginal) if len(marginal) else marginal
-    logger.debug("mmr: %s of %s candidates chosen", len(picks), len(candidates))
-    return candidates[picks].astype(np.int64), scores.astype(np.float32)
+    """What the greedy loop picks when no similarity enters the marginal
+    score: the ``head`` best by ``plain``, then the rest by ``base`` (ties:
+    lower item), skipping authors at the cap."""
+    taken = np.zeros(len(candidates), dtype=bool)
+    per_author: dict[int, int] = {}
+    picks: list[int] = []
+    marginal: list[float] = []
+    for values, stop in ((plain, min(head, n)), (base, n)):
+        for j in np.lexsort((candidates, -values)).tolist():
+            if len(picks) >= stop:
+                break
+            code = int(capped[j])
+            full = (
+                max_per_author is not None and per_author.get(code, 0) >= max_per_author
+            )
+            if taken[j] or (code >= 0 and full):
+                continue
+            taken[j] = True
+            picks.append(j)
+            marginal.append(float(values[j]))
+            if code >= 0:
+                per_author[code] = per_author.get(code, 0) + 1
+    chosen = np.array(picks, dtype=np.int64)
+    scores = np.minimum.accumulate(np.array(marginal, dtype=np.float64))
+    logger.debug("mmr: %s of %s candidates chosen", len(chosen), len(candidates))
+    return candidates[chosen].astype(np.int64), scores.astype(np.float32)
 
 
 def _check(

@@ -369,12 +369,22 @@ def _greedy_reference(
 
 @pytest.mark.parametrize("head", [0, 2, 5])
 @pytest.mark.parametrize("penalty", [0.0, 1.5])
-def test_sorted_picks_equal_the_greedy_loop(head: int, penalty: float) -> None:
+@pytest.mark.parametrize("cap", [None, 1, 2])
+def test_sorted_picks_equal_the_greedy_loop(
+    head: int, penalty: float, cap: int | None
+) -> None:
     rng = np.random.default_rng(head * 10 + int(penalty))
     candidates = rng.permutation(400)[:60]
     relevance = np.round(rng.random(60), 1)  # many ties
     readers = rng.integers(0, 50, 60).astype(float)
-    kwargs = {"popularity": readers, "popularity_penalty": penalty, "head": head}
+    authors = [["", "a", "b", "c", "d"][i] for i in rng.integers(0, 5, 60)]
+    kwargs = {
+        "popularity": readers,
+        "popularity_penalty": penalty,
+        "head": head,
+        "authors": authors,
+        "max_per_author": cap,
+    }
     fast = mmr(candidates, relevance, np.eye(60), 25, diversity=0.0, **kwargs)
     slow = _greedy_reference(candidates, relevance, 25, **kwargs)
     assert fast[0].tolist() == slow[0].tolist()
