@@ -385,19 +385,31 @@ def _author_codes(
 # -- coverage across readers: the exposure ledger --------------------------------
 
 
+MAX_EXPOSURE_PLACES = 10_000
+"""Bound of ``head`` and ``depth``: far beyond any list or candidate pool."""
+MAX_EXPOSURE_COUNT = 2**31 - 1
+"""Bound of ``limit`` and ``window``: the counters are int32."""
+
+
+MAX_EXPOSURE_PLACES = 10_000
+"""Bound of ``head`` and ``depth``: far beyond any list or candidate pool."""
+MAX_EXPOSURE_COUNT = 2**31 - 1
+"""Bound of ``limit`` and ``window``: the counters are int32."""
+
+
 @dataclass(frozen=True)
 class ExposureSettings:
     """Which places of a list the exposure ledger may fill, and from where.
 
     Attributes
     ----------
-    head : int >= 0
+    head : int in 0..MAX_EXPOSURE_PLACES
         Places kept in relevance order.
-    depth : int >= 1
+    depth : int in 1..MAX_EXPOSURE_PLACES
         How deep in the reader's ranking the other places may reach.
-    limit : int >= 1, default 1
+    limit : int in 1..MAX_EXPOSURE_COUNT, default 1
         A book shown this many times within the window counts as shown.
-    window : int >= 1, default 20000
+    window : int in 1..MAX_EXPOSURE_COUNT, default 20000
         Lists per ledger generation: counts cover the last ``window`` to
         ``2 * window`` lists served.
     """
@@ -408,11 +420,21 @@ class ExposureSettings:
     window: int = 20_000
 
     def __post_init__(self) -> None:
-        for name, low in (("head", 0), ("depth", 1), ("limit", 1), ("window", 1)):
+        for name, low, high in (
+            ("head", 0, MAX_EXPOSURE_PLACES),
+            ("depth", 1, MAX_EXPOSURE_PLACES),
+            ("limit", 1, MAX_EXPOSURE_COUNT),
+            ("window", 1, MAX_EXPOSURE_COUNT),
+        ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not low <= value <= high
+            ):
                 raise ValueError(
-                    f"exposure {name} must be an integer >= {low}, got {value!r}"
+                    f"exposure.{name} must be an integer in {low}..{high}, "
+                    f"got {str(value)[:40]}"
                 )
 
 
@@ -440,6 +462,13 @@ class ExposureLedger:
         self._previous = np.zeros(n_items, dtype=np.int32)
         self._lists = 0
         self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        """Forget every list recorded (e.g. the server's warm-up calls)."""
+        with self._lock:
+            self._current[:] = 0
+            self._previous[:] = 0
+            self._lists = 0
 
     def shown(self, items: np.ndarray) -> np.ndarray:
         """(len(items),) int: lists each book was placed in, this window."""
@@ -469,7 +498,7 @@ class ExposureLedger:
         m = min(n, len(ranked))
         head = min(self.settings.head, m)
         with self._lock:
-            reach = ranked[: max(self.settings.depth, m)]
+            reach = ranked[: self.settings.depth]
             shown = self._current[reach] + self._previous[reach]
             fresh = np.flatnonzero(shown[head:] < self.settings.limit) + head
             chosen = np.concatenate([np.arange(head), fresh[: m - head]])

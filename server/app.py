@@ -265,6 +265,8 @@ def warm_up(recommender: Recommender, bundle: ServingBundle, threads: int) -> No
     for reader in readers:
         query = RecommendQuery(reader, 10, Filters(), (), "warm-up")
         recommender.recommend(bundle, query)
+    if bundle.ledger is not None:
+        bundle.ledger.clear()  # warm-up answers reached no one
 
 
 def _mark_serving(servicer: health.HealthServicer, serving: threading.Event) -> None:

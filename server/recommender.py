@@ -452,7 +452,7 @@ class Recommender:
         return Recommendations(
             items=items,
             strategy=reader.strategy,
-            strategy_reason=_strategy_reason(reader, ranked, bundle.rerank),
+            strategy_reason=_strategy_reason(reader, ranked, bundle.rerank, query.n),
             model_version=bundle.version,
             experiment_variant=self.experiment.variant,
             ignored_unknown_ids=ignored,
@@ -797,7 +797,9 @@ class Recommender:
     ) -> Recommendations:
         """Popular books that pass the filters, after personal scores failed
         (re-ranked when the bundle says so)."""
-        wanted = query.n if bundle.rerank is None else _rerank_depth(query.n)
+        wanted = query.n
+        if bundle.rerank is not None:
+            wanted = max(_rerank_depth(query.n), _exposure_depth(bundle))
         rows = allowed.popular(wanted)
         relevance = 1.0 / (1.0 + np.arange(len(rows), dtype=np.float64))
         positions, final = _final_order(bundle, rows, relevance, query.n)
@@ -1210,6 +1212,10 @@ def _rerank_depth(n: int) -> int:
     return max(RERANK_DEPTH * n, MIN_RERANK)
 
 
+def _exposure_depth(bundle: ServingBundle) -> int:
+    return 0 if bundle.ledger is None else bundle.ledger.settings.depth
+
+
 def _final_order(
     bundle: ServingBundle,
     rows: np.ndarray,
@@ -1245,7 +1251,7 @@ def _final_order(
         return top, np.asarray(relevance[top], dtype=np.float64)
 
     ledger = bundle.ledger
-    depth = n if ledger is None else max(n, ledger.settings.depth)
+    depth = max(n, _exposure_depth(bundle))
     top = order[: max(_rerank_depth(n), depth)]
     extra = dict(settings.extra)
     if settings.with_popularity:
@@ -1365,7 +1371,7 @@ def _read_author(bundle: ServingBundle, reader: Reader, row: int) -> str:
 
 
 def _strategy_reason(
-    reader: Reader, ranked: _Ranked, rerank: RerankSettings | None
+    reader: Reader, ranked: _Ranked, rerank: RerankSettings | None, n: int
 ) -> str:
     session = len(reader.session)
     if reader.history:
@@ -1378,7 +1384,7 @@ def _strategy_reason(
         text += ", ordered by the meta-ranker"
     if rerank is not None:
         text += ", re-ranked for diversity"
-        if rerank.exposure is not None:
+        if rerank.exposure is not None and n > rerank.exposure.head:
             text += (
                 f", the places after the first {rerank.exposure.head} "
                 "given to books shown less often"

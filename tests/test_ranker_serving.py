@@ -28,6 +28,7 @@ from bookverse.models.features import RequestContext
 from bookverse.models.ranker import MetaRanker
 from bookverse.models.registry import load_model
 from bookverse.recommendations.v1 import recommendations_pb2 as pb
+from bookverse.server.app import warm_up
 from bookverse.server.bundle import ServingBundle
 from bookverse.server.config import ExperimentConfig
 from bookverse.server.recommender import Recommendations, Recommender
@@ -477,13 +478,17 @@ EXPOSURE = {"diversity": 0.0, "exposure": {"head": 3, "depth": 40}}
 
 EXPOSURE_REFUSALS = {
     "not an object": ("high", "rerank.exposure must be an object"),
-    "a negative head": ({"head": -1, "depth": 40}, "rerank.exposure head"),
-    "a zero depth": ({"head": 3, "depth": 0}, "rerank.exposure depth"),
+    "a negative head": ({"head": -1, "depth": 40}, "rerank.exposure.head"),
+    "a zero depth": ({"head": 3, "depth": 0}, "rerank.exposure.depth"),
     "a window that is no integer": (
         {"head": 3, "depth": 40, "window": 2.5},
-        "rerank.exposure window",
+        "rerank.exposure.window",
     ),
     "no depth": ({"head": 3}, "must give \\['depth'\\]"),
+    "a depth beyond the bound": (
+        {"head": 3, "depth": 10**30},
+        "rerank.exposure.depth must be an integer in 1..10000",
+    ),
     "an unknown key": ({"head": 3, "depth": 40, "tilt": 1}, "tilt"),
 }
 
@@ -558,3 +563,28 @@ def test_exposure_answers_keep_the_list_contract_over_a_channel(
                 answers.append([item.book_id for item in answer.items])
             # the served bundle is the exposure one: a repeat moves the tail
             assert answers[0][3:] != answers[1][3:]
+
+
+def test_the_warm_up_leaves_a_fresh_ledger(
+    ranker_published: Published, tmp_path: Path
+) -> None:
+    bundle = with_rerank(ranker_published, tmp_path, EXPOSURE)
+    assert bundle.ledger is not None
+    everything = np.arange(bundle.n_items)
+    recommend(bundle, readers_with_history(bundle, 1)[0][0])
+    assert bundle.ledger.shown(everything).sum() == 10  # a real answer counts
+    warm_up(Recommender(None, ExperimentConfig(), 0.0), bundle, threads=1)
+    assert bundle.ledger.shown(everything).sum() == 0
+
+
+def test_a_depth_below_n_keeps_the_order_beyond_it(
+    ranker_published: Published, tmp_path: Path
+) -> None:
+    shallow = {"diversity": 0.0, "exposure": {"head": 0, "depth": 3}}
+    bundle = with_rerank(ranker_published, tmp_path, shallow)
+    plain = with_rerank(ranker_published, tmp_path / "plain", {"diversity": 0.0})
+    user = readers_with_history(bundle, 1)[0][0]
+    expected = [item.book_id for item in recommend(plain, user).items]
+    recommend(bundle, user, n=3)  # shows the three best
+    again = [item.book_id for item in recommend(bundle, user).items]
+    assert again == expected  # nothing fresh within depth: the plain order

@@ -73,6 +73,29 @@ def test_applying_the_choice_reproduces_its_validation_ratio() -> None:
     assert covered / choice["base"]["coverage"] == pytest.approx(expected)
 
 
+def test_the_author_cap_holds_in_every_list_measured() -> None:
+    pools, test = crowded_pools(seed=2)
+    embeddings = np.eye(N_ITEMS, 4, dtype=np.float32)
+    authors = np.array([f"author {i % 7}" for i in range(N_ITEMS)])
+    choice = report.choose_rerank(pools, test, embeddings, 10, authors, 2)
+    assert choice["max_per_author"] == 2
+    assert report.manifest_rerank(choice)["max_per_author"] == 2
+    setting = report.Rerank(
+        embeddings,
+        0.0,
+        None,
+        exposure=choice["exposure"],
+        authors=authors,
+        max_per_author=2,
+    )
+    top = pools.lists(test, 10, setting).top
+    for row in top:
+        books = row[row >= 0]
+        _, per_author = np.unique(authors[books], return_counts=True)
+        assert per_author.max() <= 2
+        assert len(books) == 10  # 7 authors x 2 leave room for 10
+
+
 def test_margin_is_the_tighter_of_the_two_bounds() -> None:
     inside = {"coverage_ratio": 3.0, "ndcg_ratio": 0.99}  # 0.5 and 0.8 of room
     assert report._margin(inside) == pytest.approx(0.5)

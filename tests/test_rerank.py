@@ -432,6 +432,27 @@ def test_ledger_window_forgets_lists_two_generations_old() -> None:
     assert ledger.shown(ranked).tolist() == [0, 0, 1, 1, 0]
 
 
+def test_ledger_never_reaches_below_depth() -> None:
+    # depth 2 < n: after the two best were shown, the list is the plain order
+    ledger = ExposureLedger(10, ExposureSettings(head=0, depth=2))
+    ledger.arrange(np.arange(10), 2)
+    assert ledger.arrange(np.arange(10), 4).tolist() == [0, 1, 2, 3]
+    # depth 4, head 1: 2 and 3 were not shown, 1 was: [0, 2, 3] then 1
+    ledger = ExposureLedger(10, ExposureSettings(head=1, depth=4))
+    ledger.arrange(np.arange(10), 2)  # shows 0 and 1
+    assert ledger.arrange(np.arange(10), 4).tolist() == [0, 2, 3, 1]
+
+
+def test_ledger_clear_forgets_everything() -> None:
+    ledger = ExposureLedger(5, ExposureSettings(head=0, depth=5, window=2))
+    for _ in range(3):
+        ledger.arrange(np.arange(5), 2)
+    assert ledger.shown(np.arange(5)).sum() > 0
+    ledger.clear()
+    assert ledger.shown(np.arange(5)).tolist() == [0, 0, 0, 0, 0]
+    assert ledger.arrange(np.arange(5), 2).tolist() == [0, 1]
+
+
 def test_ledger_short_rankings_and_zero_n() -> None:
     ledger = ExposureLedger(5, ExposureSettings(head=3, depth=10))
     assert ledger.arrange(np.array([4, 2]), 5).tolist() == [0, 1]
@@ -479,8 +500,10 @@ def test_ledger_lists_from_many_threads_never_share_a_fresh_book() -> None:
         ({"head": 1, "depth": 5, "window": 0}, "window"),
         ({"head": 1.5, "depth": 5}, "head"),
         ({"head": True, "depth": 5}, "head"),
+        ({"head": 1, "depth": 10_001}, "depth"),
+        ({"head": 1, "depth": 5, "window": 2**31}, "window"),
     ],
 )
 def test_bad_exposure_settings_name_the_field(kwargs: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=f"exposure {field} must be an integer"):
+    with pytest.raises(ValueError, match=rf"exposure\.{field} must be an integer in"):
         ExposureSettings(**kwargs)

@@ -170,6 +170,8 @@ class Rerank:
     pool: int | None = None
     head: int = 0
     exposure: ExposureSettings | None = None
+    authors: np.ndarray | None = None  # (n_items,) case-folded, for the cap
+    max_per_author: int | None = None
 
     def ledger(self) -> ExposureLedger | None:
         """A fresh ledger for one pass over the readers (None without exposure)."""
@@ -200,6 +202,8 @@ class Rerank:
             popularity_penalty=self.penalty,
             pool=self.pool,
             head=self.head,
+            authors=None if self.authors is None else list(self.authors[items]),
+            max_per_author=self.max_per_author,
         )
         if ledger is not None:
             chosen = chosen[ledger.arrange(chosen, k)]
@@ -277,11 +281,15 @@ def choose_rerank(
     valid_items: sp.csr_matrix,
     embeddings: np.ndarray,
     k: int,
+    authors: np.ndarray | None = None,
+    max_per_author: int | None = None,
 ) -> dict[str, Any]:
     """Grid search of exposure-ledger settings on validation pools.
 
-    Every setting arranges the readers' lists, in pool order, against a
-    fresh ledger; the lists of the plain relevance order are the base.
+    Every setting arranges the readers' lists, in pool order under the
+    author cap the server applies (``max_per_author`` books of one of
+    ``authors``, (n_items,) case-folded; None caps nothing), against a fresh
+    ledger; the lists of the plain relevance order are the base.
 
     Returns
     -------
@@ -299,9 +307,15 @@ def choose_rerank(
     grid = []
     for head, depth in itertools.product(EXPOSURE_HEADS, EXPOSURE_DEPTHS):
         exposure = ExposureSettings(head=head, depth=depth)
-        lists = pools.lists(
-            valid_items, k, Rerank(embeddings, 0.0, None, exposure=exposure)
+        setting = Rerank(
+            embeddings,
+            0.0,
+            None,
+            exposure=exposure,
+            authors=authors,
+            max_per_author=max_per_author,
         )
+        lists = pools.lists(valid_items, k, setting)
         ndcg = ranking_metrics(lists.hits, lists.n_relevant)[metric]
         coverage = catalogue_coverage(lists.top, n_items)
         grid.append(
@@ -328,6 +342,7 @@ def choose_rerank(
         "head": 0,
         "threshold": None,
         "exposure": best["exposure"],
+        "max_per_author": max_per_author,
         "met": bool(met),
         "base": {"ndcg": base, "coverage": base_cov},
         "grid": grid,
@@ -413,6 +428,10 @@ def _hybrids(
     test_items = test.user_items()
     _, _, test_users = _readers(train, test)
 
+    # the served author cap (training's setting for the data set) is applied
+    # when choosing and when measuring, so the figures are of what serves
+    cap = pipeline.RERANK_BY_DATASET.get(report.dataset, {}).get("max_per_author")
+    authors = np.array([a.strip().casefold() for a in train.catalogue.authors])
     with timer.step("blend weights and re-ranking setting (validation split)"):
         valid_models = {
             n: make_model(n, p).fit(fit_part) for n, p in components.items()
@@ -422,7 +441,9 @@ def _hybrids(
         assert isinstance(valid_als, ALS)
         _, valid_items, valid_users = _readers(fit_part, valid)
         pools = blend_pools(valid_models, weights, fit_part, valid_users)
-        choice = choose_rerank(pools, valid_items, valid_als.item_factors, k)
+        choice = choose_rerank(
+            pools, valid_items, valid_als.item_factors, k, authors, cap
+        )
     report.rerank = {"weights": weights, **choice}
     setting = Rerank(
         embeddings,
@@ -433,6 +454,8 @@ def _hybrids(
         choice["pool"],
         choice["head"],
         choice["exposure"],
+        authors,
+        cap,
     )
 
     with timer.step("evaluate weighted blend, plain and re-ranked"):
@@ -671,11 +694,12 @@ def _rerank_lines(report: Report) -> list[str]:
 
 
 def _exposure_words(choice: Mapping[str, Any]) -> str:
-    exposure = choice["exposure"]
+    exposure, cap = choice["exposure"], choice.get("max_per_author")
+    capped = "no author cap" if cap is None else f"at most {cap} books per author"
     return (
         f"the first {exposure.head} places by relevance, the others to the best "
         f"of the reader's {exposure.depth} shown fewer than {exposure.limit} "
-        f"time(s) in the last {exposure.window} lists"
+        f"time(s) in the last {exposure.window} lists, {capped} (as served)"
     )
 
 
@@ -685,7 +709,7 @@ def manifest_rerank(choice: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "diversity": choice["diversity"],
         "similarity_threshold": choice["threshold"],
-        "max_per_author": None,
+        "max_per_author": choice.get("max_per_author"),
         "popularity_penalty": choice["penalty"],
         "pool": choice["pool"],
         "head": choice["head"],
