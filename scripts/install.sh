@@ -8,6 +8,11 @@ extras="${*:-train dev}"
 extras="${extras// /,}"
 python_bin="${PYTHON:-python3.11}"
 command -v "$python_bin" >/dev/null 2>&1 || python_bin=python3
+if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "Python 3.11 or later is needed; $python_bin is" \
+    "$("$python_bin" --version 2>&1 || echo missing). Set PYTHON=/path/to/python3.11." >&2
+  exit 1
+fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $("$python_bin" --version)"
